@@ -1,0 +1,184 @@
+"""The `secd` command: up, demo, runs, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEFAULT_STATE = Path(os.environ.get("SECD_STATE_DIR", "var"))
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from secd.stack import Stack
+
+    async def up() -> None:
+        stack = Stack(args.state_dir, quiet=False)
+        config = stack.prepare()
+        await stack.start()
+        print(f"secd is up (state in {stack.state_dir})")
+        print(f"  gateway   {stack.gateway_url}")
+        print(f"  nats      {stack.nats_url}")
+        print(f"  forge     {Path(config['state_dir']) / 'forge'}")
+        print(f"  logs      {stack.state_dir / 'logs'}")
+        print("Ctrl-C stops everything.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            print("stopping…")
+            await stack.stop()
+
+    asyncio.run(up())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from secd.demo import run_demo
+
+    return asyncio.run(run_demo(Path(args.state_dir).resolve(), as_json=args.json))
+
+
+def _gateway_url(args: argparse.Namespace) -> str:
+    if args.gateway:
+        return args.gateway
+    import tomllib
+
+    config = Path(args.state_dir) / "secd.toml"
+    try:
+        port = tomllib.loads(config.read_text())["gateway"]["port"]
+    except (OSError, KeyError) as exc:
+        raise SystemExit(
+            f"secd: no gateway given and {config} unreadable ({exc}); use --gateway"
+        ) from None
+    return f"http://127.0.0.1:{port}"
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = _gateway_url(args)
+    try:
+        if args.run_id:
+            response = httpx.get(f"{base}/runs/{args.run_id}", timeout=10)
+        else:
+            response = httpx.get(f"{base}/runs", params={"limit": args.limit}, timeout=10)
+    except httpx.HTTPError as exc:
+        print(
+            f"secd: the gateway at {base} is not reachable ({exc}); is `secd up` running?",
+            file=sys.stderr,
+        )
+        return 1
+    if response.status_code == 404:
+        print(f"secd: no run {args.run_id}", file=sys.stderr)
+        return 1
+    response.raise_for_status()
+    data = response.json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if args.run_id:
+        print(_describe_run(data))
+        return 0
+    print(
+        f"{'RUN':22} {'STATUS':10} {'OUTCOME':10} {'RESEARCHER':12} {'PROJECT':24} "
+        f"{'TOTAL':>7}  REASON"
+    )
+    for run in data["runs"]:
+        total = run["stages"].get("total")
+        print(
+            f"{run['run_id']:22} {run['status']:10} {run['outcome'] or '-':10} "
+            f"{run['researcher']:12} {run['project'][:24]:24} "
+            f"{f'{total:.2f}s' if total is not None else '-':>7}  {run['reason'] or ''}"
+        )
+    return 0
+
+
+def _describe_run(run: dict) -> str:
+    lines = [
+        f"run {run['run_id']}: {run['status']} ({run['outcome'] or 'in progress'})",
+        f"  researcher {run['researcher']}, project {run['project']}, "
+        f"{run['ref']} at {run['head'][:12]}",
+    ]
+    if run["reason"]:
+        lines.append(f"  reason: {run['reason']}")
+    if run["branch"]:
+        lines.append(f"  results: branch {run['branch']}")
+    if run["granted"]:
+        lines.append(f"  granted: {', '.join(run['granted'])}")
+    for refusal in run["refused"]:
+        lines.append(f"  not granted: {refusal['name']}: {refusal['reason']}")
+    if run["stages"]:
+        lines.append("  stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in run["stages"].items()))
+    if run["log_tail"]:
+        lines += ["  log tail:", *("    " + line for line in run["log_tail"].splitlines())]
+    return "\n".join(lines)
+
+
+def _cmd_audit_replay(args: argparse.Namespace) -> int:
+    from secd.audit import replay
+
+    return asyncio.run(replay(Path(args.state_dir), run_id=args.run, as_json=args.json))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="secd", description="Run research code on sensitive data, safely."
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=str(DEFAULT_STATE),
+        help="where secd keeps its state (default: ./var)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser(
+        "up", help="start NATS, PostgreSQL and every service; Ctrl-C stops them"
+    ).set_defaults(func=_cmd_up)
+
+    demo = sub.add_parser(
+        "demo", help="show the whole workflow: a signed push runs, an unsigned one is refused"
+    )
+    demo.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
+    demo.set_defaults(func=_cmd_demo, state_dir_default=".secd-demo")
+
+    runs = sub.add_parser("runs", help="list runs, or show one")
+    runs.add_argument("action", nargs="?", choices=["show"], help="show one run")
+    runs.add_argument("run_id", nargs="?")
+    runs.add_argument("--gateway", help="gateway URL (default: from the state dir's secd.toml)")
+    runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=_cmd_runs)
+
+    audit = sub.add_parser("audit", help="the security officer's view of the event log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    replay = audit_sub.add_parser("replay", help="replay the event log")
+    replay.add_argument("--run", help="only this run")
+    replay.add_argument("--json", action="store_true", help="JSON lines, one stored event each")
+    replay.set_defaults(func=_cmd_audit_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `secd` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "demo" and "--state-dir" not in (argv or sys.argv):
+        args.state_dir = ".secd-demo"
+    if args.command == "runs" and args.action == "show" and not args.run_id:
+        print("secd: `secd runs show` needs a run id", file=sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

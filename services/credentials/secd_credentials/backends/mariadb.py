@@ -1,0 +1,256 @@
+"""MariaDB (and MySQL-compatible servers): one 'localhost' user per run, SELECT on granted tables.
+
+Accounts are bound to host 'localhost', so jobs reach them only through the server's Unix socket.
+Account-management statements cannot take bind parameters; they only hold identifiers that were
+validated and then quoted, integers, and the native-password hash secd computed itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import datetime
+
+import aiomysql
+import msgspec
+import pymysql
+
+from secd_shared.events import DatabaseAddress, Refusal
+
+from ..accounts import mysql_native_hash
+from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
+
+__all__ = ["ACCOUNT_HOST", "MariaDBBackend", "MariaDBSettings", "quote_ident"]
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_HOST = "localhost"
+_READABLE = {"BASE TABLE", "VIEW", "SYSTEM VERSIONED"}
+_NATIVE_HASH = re.compile(r"\*[0-9A-F]{40}")
+_ER_NO_SUCH_THREAD = 1094
+_KILL_WAIT_S = 5.0
+
+
+class MariaDBSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How secd reaches MariaDB as an administrator, and the database it grants tables in."""
+
+    database: str
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str | None = None
+    socket: str | None = None
+
+    def __repr__(self) -> str:
+        """Everything but the password."""
+        return (
+            f"MariaDBSettings(database={self.database!r}, host={self.host!r}, port={self.port!r},"
+            f" user={self.user!r}, socket={self.socket!r},"
+            f" password={'***' if self.password else None})"
+        )
+
+
+def quote_ident(name: str) -> str:
+    """A MariaDB quoted identifier: backticks around, inner backticks doubled."""
+    if not name or "\x00" in name:
+        raise ValueError("identifier must be non-empty and hold no NUL")
+    return "`" + name.replace("`", "``") + "`"
+
+
+class _QuietCursor(aiomysql.Cursor):
+    """A cursor that logs server warnings instead of raising Python warnings for them."""
+
+    async def _show_warnings(self, conn: aiomysql.Connection) -> None:
+        # ALTER USER IF EXISTS on a missing user leaves error 1133 in the diagnostics area even
+        # with sql_notes off; a repeated revoke expects exactly that, so it is not worth a warning.
+        rows = await conn.show_warnings()
+        for row in rows or ():
+            log.debug("mariadb warning", extra={"code": row[1], "detail": str(row[2])})
+
+
+def _user(account: str) -> str:
+    # check_account allows only [a-z0-9_], so the literal needs no escaping under any sql_mode.
+    return f"'{check_account(account)}'@'{ACCOUNT_HOST}'"
+
+
+class MariaDBBackend:
+    """Issues and revokes temporary MariaDB users with SELECT on tables of one database."""
+
+    kind = "mysql"
+
+    def __init__(self, settings: MariaDBSettings, *, pool_size: int = 2) -> None:
+        """Remember the settings; the admin pool opens on first use."""
+        self.settings = settings
+        self._pool_size = pool_size
+        self._pool: aiomysql.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    def address(self) -> DatabaseAddress:
+        """Host/port and the socket; accounts are 'localhost', so jobs must use the socket."""
+        s = self.settings
+        return DatabaseAddress(
+            kind=self.kind, database=s.database, host=s.host, port=s.port, socket=s.socket
+        )
+
+    async def _get_pool(self) -> aiomysql.Pool:
+        async with self._lock:
+            if self._pool is None:
+                s = self.settings
+                try:
+                    self._pool = await aiomysql.create_pool(
+                        host=s.host,
+                        port=s.port,
+                        unix_socket=s.socket,
+                        user=s.user,
+                        password=s.password or "",
+                        db=s.database,
+                        autocommit=True,
+                        charset="utf8mb4",
+                        # IF [NOT] EXISTS answer with notes; as Python warnings they are noise.
+                        init_command="SET SESSION sql_notes = 0",
+                        minsize=1,
+                        maxsize=self._pool_size,
+                    )
+                except (OSError, pymysql.MySQLError) as exc:
+                    raise BackendError(
+                        f"cannot reach MariaDB database {s.database!r} as {s.user!r}: "
+                        + redact(str(exc), s.password or "")
+                    ) from None
+            return self._pool
+
+    async def close(self) -> None:
+        """Close the admin pool, if it was opened."""
+        async with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            await pool.wait_closed()
+
+    async def issue(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """Create or reset `account` with SELECT on existing `tables`; unlocked only once granted.
+
+        MariaDB has no VALID UNTIL: `expires_at` is checked but enforced by revoke alone.
+        """
+        check_issue_args(
+            account,
+            password,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+        )
+        wanted, refused = split_tables(tables)
+        native = mysql_native_hash(password)
+        if _NATIVE_HASH.fullmatch(native) is None:
+            raise BackendError("internal: native password hash has an unexpected shape")
+        user = _user(account)
+        database = self.settings.database
+        limits = (
+            f"MAX_USER_CONNECTIONS {int(max_connections)}"
+            f" MAX_STATEMENT_TIME {int(statement_timeout_s or 0)}"
+        )
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn, conn.cursor(_QuietCursor) as cur:
+                granted = await self._existing_tables(cur, database, wanted, refused)
+                # Created locked: a fresh or half-reset account cannot be used until the last
+                # statement below has set its grants, password and limits together.
+                await cur.execute(
+                    f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY PASSWORD '{native}'"
+                    f" WITH {limits} ACCOUNT LOCK"
+                )
+                await cur.execute(f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user}")
+                for table in granted:
+                    await cur.execute(
+                        f"GRANT SELECT ON {quote_ident(database)}.{quote_ident(table)} TO {user}"
+                    )
+                await cur.execute(
+                    f"ALTER USER {user} IDENTIFIED BY PASSWORD '{native}' WITH {limits}"
+                    " ACCOUNT UNLOCK"
+                )
+        except (pymysql.MySQLError, OSError) as exc:
+            raise BackendError(
+                f"issuing {account} failed: {type(exc).__name__}: "
+                + redact(str(exc), password, native)
+            ) from None
+        log.info(
+            "issued mariadb account",
+            extra={"account": account, "granted": granted, "refused": len(refused)},
+        )
+        return IssueResult(granted=granted, refused=refused)
+
+    @staticmethod
+    async def _existing_tables(
+        cur: aiomysql.Cursor, database: str, wanted: list[str], refused: list[Refusal]
+    ) -> list[str]:
+        if not wanted:
+            return []
+        # One bound list: split_tables admits no commas, so FIND_IN_SET cannot be fooled.
+        await cur.execute(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = %s AND FIND_IN_SET(TABLE_NAME, %s) > 0",
+            (database, ",".join(wanted)),
+        )
+        # information_schema compares case-insensitively; grants must name the exact table.
+        kinds = {name: kind for schema, name, kind in await cur.fetchall() if schema == database}
+        granted: list[str] = []
+        for table in wanted:
+            kind = kinds.get(table)
+            if kind in _READABLE:
+                granted.append(table)
+            elif kind is None:
+                reason = f"table {table} does not exist in database {database}"
+                refused.append(Refusal(name=table, reason=reason))
+            else:
+                reason = f"{table} is a {kind.lower()}, not a table, in database {database}"
+                refused.append(Refusal(name=table, reason=reason))
+        return granted
+
+    async def revoke(self, account: str) -> None:
+        """Lock `account`, kill its connections, then drop it; every step is safe to repeat."""
+        user = _user(account)
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn, conn.cursor(_QuietCursor) as cur:
+                await cur.execute(f"ALTER USER IF EXISTS {user} ACCOUNT LOCK")
+                await self._kill_sessions(cur, account)
+                await cur.execute(f"DROP USER IF EXISTS {user}")
+                # A connection that authenticated just before the lock is killed here.
+                await self._kill_sessions(cur, account)
+        except (pymysql.MySQLError, OSError) as exc:
+            raise BackendError(f"revoking {account} failed: {type(exc).__name__}: {exc}") from None
+        log.info("revoked mariadb account", extra={"account": account})
+
+    async def _kill_sessions(self, cur: aiomysql.Cursor, account: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _KILL_WAIT_S
+        while True:
+            # By user name alone: secd makes one host per name, and any host's session must go.
+            await cur.execute(
+                "SELECT ID, COMMAND FROM information_schema.PROCESSLIST WHERE USER = %s", [account]
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return
+            for thread_id, command in rows:
+                if command == "Killed":
+                    continue
+                try:
+                    await cur.execute(f"KILL HARD CONNECTION {int(thread_id)}")
+                except pymysql.MySQLError as exc:
+                    # The connection may have ended on its own between listing and killing.
+                    if exc.args and exc.args[0] == _ER_NO_SUCH_THREAD:
+                        continue
+                    raise
+            if loop.time() > deadline:
+                raise BackendError(f"connections of {account} did not end in {_KILL_WAIT_S}s")
+            await asyncio.sleep(0.02)

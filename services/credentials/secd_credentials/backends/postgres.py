@@ -1,0 +1,272 @@
+"""PostgreSQL: a NOINHERIT login role per run, SELECT on granted tables of schema public.
+
+Utility statements (CREATE/ALTER/DROP ROLE, GRANT) cannot take bind parameters, so they only ever
+hold identifiers that were validated and then quoted, integers, and literals secd made itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+
+from secd_shared.events import DatabaseAddress, Refusal
+
+from ..accounts import scram_sha256_verifier
+from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
+
+__all__ = ["PostgresBackend", "PostgresSettings", "quote_ident"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "public"
+# Tables, partitioned tables, views and materialized views can be read with SELECT alone.
+_READABLE = {"r": "table", "p": "table", "v": "view", "m": "view"}
+_KINDS = {"S": "sequence", "i": "index", "I": "index", "c": "type", "f": "foreign table"}
+_VERIFIER = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
+_TERMINATE_WAIT_S = 5.0
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+class PostgresSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How secd reaches PostgreSQL as an administrator, and the database it grants tables in."""
+
+    database: str
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str | None = None
+    socket_dir: str | None = None
+
+    def __repr__(self) -> str:
+        """Everything but the password."""
+        return (
+            f"PostgresSettings(database={self.database!r}, host={self.host!r}, port={self.port!r},"
+            f" user={self.user!r}, socket_dir={self.socket_dir!r},"
+            f" password={'***' if self.password else None})"
+        )
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL quoted identifier: double quotes around, inner double quotes doubled."""
+    if not name or "\x00" in name:
+        raise ValueError("identifier must be non-empty and hold no NUL")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    # Only for strings secd built itself (verifier, timestamp); checked again so a change there
+    # cannot open an injection here.
+    if "'" in text or "\\" in text or "\x00" in text:
+        raise ValueError("refusing to quote a literal holding quotes or backslashes")
+    return "'" + text + "'"
+
+
+class PostgresBackend:
+    """Issues and revokes temporary PostgreSQL roles in one database."""
+
+    kind = "postgres"
+
+    def __init__(self, settings: PostgresSettings, *, pool_size: int = 2) -> None:
+        """Remember the settings; the admin pool opens on first use."""
+        self.settings = settings
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    def address(self) -> DatabaseAddress:
+        """Host/port, and the socket file when a socket directory is configured."""
+        s = self.settings
+        socket = f"{s.socket_dir.rstrip('/')}/.s.PGSQL.{s.port}" if s.socket_dir else None
+        return DatabaseAddress(
+            kind=self.kind, database=s.database, host=s.host, port=s.port, socket=socket
+        )
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                s = self.settings
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        host=s.socket_dir or s.host,
+                        port=s.port,
+                        user=s.user,
+                        password=s.password,
+                        database=s.database,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        server_settings={"application_name": "secd-credentials"},
+                    )
+                except _DB_ERRORS as exc:
+                    raise BackendError(
+                        f"cannot reach PostgreSQL database {s.database!r} as {s.user!r}: "
+                        + redact(str(exc), s.password or "")
+                    ) from None
+            return self._pool
+
+    async def close(self) -> None:
+        """Close the admin pool, if it was opened."""
+        async with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def issue(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """Create or reset `account`: login until `expires_at`, SELECT on existing `tables` only."""
+        check_issue_args(
+            account,
+            password,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+        )
+        wanted, refused = split_tables(tables)
+        verifier = scram_sha256_verifier(password)
+        if _VERIFIER.fullmatch(verifier) is None:
+            raise BackendError("internal: SCRAM verifier has an unexpected shape")
+        valid_until = expires_at.astimezone(UTC).isoformat()
+        role = quote_ident(account)
+        database = self.settings.database
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # One transaction: a crash part-way leaves no half-made role behind.
+                found = await conn.fetch(
+                    "SELECT c.relname::text AS name, c.relkind::text AS kind"
+                    " FROM pg_catalog.pg_class c"
+                    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = $1 AND c.relname = ANY($2::text[])",
+                    SCHEMA,
+                    wanted,
+                )
+                kinds = {row["name"]: row["kind"] for row in found}
+                granted: list[str] = []
+                for table in wanted:
+                    kind = kinds.get(table)
+                    if kind in _READABLE:
+                        granted.append(table)
+                    elif kind is None:
+                        reason = f"table {table} does not exist in database {database}"
+                        refused.append(Refusal(name=table, reason=reason))
+                    else:
+                        what = _KINDS.get(kind, "relation")
+                        reason = f"{table} is a {what}, not a table, in database {database}"
+                        refused.append(Refusal(name=table, reason=reason))
+
+                existing = await conn.fetchrow(
+                    "SELECT oid, rolsuper, rolreplication, rolbypassrls"
+                    " FROM pg_catalog.pg_roles WHERE rolname = $1",
+                    account,
+                )
+                attributes = (
+                    "LOGIN NOINHERIT NOCREATEDB NOCREATEROLE"
+                    f" CONNECTION LIMIT {int(max_connections)}"
+                    f" VALID UNTIL {_literal(valid_until)}"
+                    f" PASSWORD {_literal(verifier)}"
+                )
+                if existing is None:
+                    await conn.execute(
+                        f"CREATE ROLE {role} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS"
+                        f" {attributes}"
+                    )
+                else:
+                    if any(existing[k] for k in ("rolsuper", "rolreplication", "rolbypassrls")):
+                        # Not one secd made: never hand out a password to a privileged role.
+                        raise BackendError(
+                            f"role {account} exists with superuser, replication or bypassrls;"
+                            " refusing to reuse it"
+                        )
+                    await conn.execute(f"ALTER ROLE {role} WITH {attributes}")
+                    await self._reset_privileges(conn, account, existing["oid"])
+
+                if statement_timeout_s is None:
+                    await conn.execute(f"ALTER ROLE {role} RESET statement_timeout")
+                else:
+                    milliseconds = int(statement_timeout_s) * 1000
+                    await conn.execute(f"ALTER ROLE {role} SET statement_timeout = {milliseconds}")
+                await conn.execute(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {role}")
+                await conn.execute(f"GRANT USAGE ON SCHEMA {quote_ident(SCHEMA)} TO {role}")
+                for table in granted:
+                    target = f"{quote_ident(SCHEMA)}.{quote_ident(table)}"
+                    await conn.execute(f"GRANT SELECT ON TABLE {target} TO {role}")
+        except _DB_ERRORS as exc:
+            raise BackendError(
+                f"issuing {account} failed: {type(exc).__name__}: "
+                + redact(str(exc), password, verifier)
+            ) from None
+        log.info(
+            "issued postgres account",
+            extra={"account": account, "granted": granted, "refused": len(refused)},
+        )
+        return IssueResult(granted=granted, refused=refused)
+
+    async def _reset_privileges(self, conn: asyncpg.Connection, account: str, oid: int) -> None:
+        # A retry must end with exactly this issue's grants, whatever an earlier try left.
+        role = quote_ident(account)
+        await conn.execute(f"DROP OWNED BY {role}")
+        memberships = await conn.fetch(
+            "SELECT r.rolname::text AS name FROM pg_catalog.pg_auth_members m"
+            " JOIN pg_catalog.pg_roles r ON r.oid = m.roleid WHERE m.member = $1",
+            oid,
+        )
+        for row in memberships:
+            await conn.execute(f"REVOKE {quote_ident(row['name'])} FROM {role}")
+
+    async def revoke(self, account: str) -> None:
+        """Forbid login, end every session of `account`, drop what it owns, then drop it."""
+        check_account(account)
+        role = quote_ident(account)
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                oid = await conn.fetchval(
+                    "SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", account
+                )
+                if oid is None:
+                    return
+                # Committed on its own first, so no new session can start while old ones end.
+                await conn.execute(f"ALTER ROLE {role} NOLOGIN")
+                await self._terminate(conn, account, oid)
+                async with conn.transaction():
+                    if await conn.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1", oid):
+                        await conn.execute(f"DROP OWNED BY {role}")
+                        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+                # A session that slipped in between is keyed by oid, which outlives the name.
+                await self._terminate(conn, account, oid)
+        except _DB_ERRORS as exc:
+            raise BackendError(f"revoking {account} failed: {type(exc).__name__}: {exc}") from None
+        log.info("revoked postgres account", extra={"account": account})
+
+    async def _terminate(self, conn: asyncpg.Connection, account: str, oid: int) -> None:
+        # Signal every session at once, then poll: pg_terminate_backend's own timeout waits in
+        # 100 ms steps per backend, which adds up with several sessions.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _TERMINATE_WAIT_S
+        while True:
+            pids = await conn.fetch(
+                "SELECT pid FROM pg_catalog.pg_stat_activity"
+                " WHERE usesysid = $1 AND pid <> pg_backend_pid()",
+                oid,
+            )
+            if not pids:
+                return
+            if loop.time() > deadline:
+                raise BackendError(f"sessions of {account} did not end in {_TERMINATE_WAIT_S}s")
+            await conn.fetch(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
+                [row["pid"] for row in pids],
+            )
+            await asyncio.sleep(0.01)

@@ -1,0 +1,152 @@
+"""The gateway: the forge's hook comes in here and becomes `push.received`; runs are read here.
+
+Anything malformed or unauthenticated gets a 4xx with a reason and leaves nothing in the log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from secd_shared.bus import EventBus
+from secd_shared.config import Config
+from secd_shared.events import PushReceived, new_event, new_run_id
+from secd_shared.forge import ForgeError, validate_repository_name
+from secd_shared.runs import fold_run, fold_runs
+from secd_shared.service import producer_for
+
+__all__ = ["HookBody", "create_app"]
+
+log = logging.getLogger("secd.gateway")
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9._/-]{1,200}$")
+_ACCOUNT = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_RUN_ID = re.compile(r"^r[0-9a-f]{19}$")
+ZERO = "0" * 40
+
+
+class HookBody(msgspec.Struct, forbid_unknown_fields=True):
+    """What the embedded forge's post-receive hook sends for one pushed ref."""
+
+    repository: str
+    ref: str
+    before: str
+    after: str
+    pusher: str
+
+
+def _check_body(body: HookBody) -> None:
+    try:
+        validate_repository_name(body.repository)
+    except ForgeError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if not _REF.match(body.ref) or ".." in body.ref:
+        raise HTTPException(422, f"ref {body.ref[:80]!r} is not a branch or tag name")
+    for name in ("before", "after"):
+        if not _SHA.match(getattr(body, name)):
+            raise HTTPException(422, f"{name} must be a 40-character lowercase hex commit id")
+    if not _ACCOUNT.match(body.pusher):
+        raise HTTPException(422, "pusher is not a valid account name")
+
+
+def create_app(config: Config, bus: EventBus, token: str) -> FastAPI:
+    """The gateway's HTTP API, bound to a bus and the forge's shared token."""
+    producer = producer_for("gateway")
+    limit = config.gateway.max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(title="secd gateway", version=producer.version, lifespan=lifespan)
+
+    @app.post("/hooks/git", status_code=202)
+    async def git_hook(request: Request) -> JSONResponse:
+        """The embedded forge's post-receive hook: one pushed ref -> push.received."""
+        given = request.headers.get("x-secd-token", "")
+        # Constant-time comparison: the token must not leak through timing.
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong X-Secd-Token")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise HTTPException(413, f"body larger than {limit} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise HTTPException(413, f"body larger than {limit} bytes")
+        try:
+            body = msgspec.json.decode(raw, type=HookBody)
+        except msgspec.ValidationError as exc:
+            raise HTTPException(422, f"hook body: {exc}") from None
+        except msgspec.DecodeError:
+            raise HTTPException(400, "hook body is not JSON") from None
+        _check_body(body)
+        if body.after == ZERO:
+            return JSONResponse({"detail": "branch deleted; nothing to run"}, status_code=200)
+        if body.ref.startswith(f"refs/heads/{config.forge.results_prefix}"):
+            return JSONResponse({"detail": "results branch; never runs"}, status_code=200)
+        run_id = new_run_id()
+        event = new_event(
+            PushReceived(
+                forge="git",
+                repository=body.repository,
+                ref=body.ref,
+                before=body.before,
+                after=body.after,
+                pusher=body.pusher,
+            ),
+            run_id=run_id,
+            producer=producer,
+            actor=body.pusher,
+            project=body.repository,
+        )
+        await bus.publish(event)
+        log.info("push received", extra={"run_id": run_id, "project": body.repository})
+        return JSONResponse({"run_id": run_id}, status_code=202)
+
+    @app.get("/runs")
+    async def list_runs(limit: int = 50, researcher: str | None = None) -> dict:
+        """Recent runs, newest first, each folded from its events."""
+        events = [stored.event async for stored in bus.read()]
+        views = list(fold_runs(events).values())
+        if researcher:
+            views = [v for v in views if v.actor == researcher]
+        views.sort(key=lambda v: v.created or 0, reverse=True)
+        return {"runs": [v.as_dict() for v in views[: max(1, min(limit, 1000))]]}
+
+    @app.get("/runs/{run_id}")
+    async def show_run(run_id: str) -> dict:
+        """One run: its state, stage timings, outcome and events."""
+        if not _RUN_ID.match(run_id):
+            raise HTTPException(404, "no such run")
+        stored = await bus.read_run(run_id)
+        if not stored:
+            raise HTTPException(404, "no such run")
+        return fold_run(run_id, [s.event for s in stored]).as_dict()
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """200 when the bus is connected."""
+        ok = bus.nc.is_connected
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+
+    return app
+
+
+def read_token(config: Config) -> str:
+    """The shared hook token, from its file."""
+    path = Path(config.path(config.gateway.token_file))
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ValueError(f"{path} holds a token shorter than 16 characters")
+    return token

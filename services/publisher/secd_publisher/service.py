@@ -1,0 +1,151 @@
+"""run.finished | run.failed | run.rejected -> results.published.
+
+Every run that reached the forge gets its outcome back in the repository, as branch
+`secd/<run_id>`: the outputs, the job log, a manifest, and for a failed or rejected run the reason
+in one line with the log's tail, so the researcher sees it where they work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from pathlib import Path
+
+from secd_publisher.branch import publish_branch
+from secd_shared.bus import EventBus, StoredEvent
+from secd_shared.config import Config
+from secd_shared.events import PushReceived, ResultsPublished
+from secd_shared.forge import ForgeError, repository_path
+from secd_shared.runs import RunView, fold_run
+from secd_shared.worker import PermanentError
+
+__all__ = ["Publisher", "collect_outputs", "setup"]
+
+MAX_OUTPUT_BYTES = 2 * 1024**3
+
+
+def collect_outputs(output: Path) -> tuple[dict[str, Path], list[dict]]:
+    """Regular files under the run's output, and what was left out and why.
+
+    The job controlled this folder: a symlink or device here must never make us (outside the
+    sandbox) read a file of the host, so only regular files are taken, never followed links.
+    """
+    files: dict[str, Path] = {}
+    excluded: list[dict] = []
+    total = 0
+    if not output.is_dir():
+        return files, excluded
+    for dirpath, dirnames, filenames in os.walk(output, followlinks=False):
+        for name in sorted(filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]):
+            path = Path(dirpath, name)
+            rel = path.relative_to(output).as_posix()
+            mode = path.lstat().st_mode
+            if not stat.S_ISREG(mode):
+                excluded.append({"path": rel, "reason": "not a regular file (link or device)"})
+                continue
+            size = path.lstat().st_size
+            if total + size > MAX_OUTPUT_BYTES:
+                excluded.append({"path": rel, "reason": "outputs exceed 2 GiB in all"})
+                continue
+            total += size
+            files[f"output/{rel}"] = path
+    return files, excluded
+
+
+class Publisher:
+    """Writes each run's outcome to its repository."""
+
+    def __init__(self, config: Config, bus: EventBus) -> None:
+        self.bus = bus
+        self.forge_root = config.path(config.forge.root)
+        self.prefix = config.forge.results_prefix
+        self.author = (config.publisher.author_name, config.publisher.author_email)
+
+    async def on_ended(self, stored: StoredEvent) -> list[ResultsPublished]:
+        """Publish the outcome of one run."""
+        run = await self.bus.read_run(stored.event.run_id)
+        events = [s.event for s in run]
+        if any(e.type == "results.published" for e in events):
+            return []
+        push = next((e.payload for e in events if e.type == "push.received"), None)
+        if not isinstance(push, PushReceived):
+            raise PermanentError("the run has no push.received event; nothing to publish to")
+        try:
+            repo = repository_path(self.forge_root, push.repository)
+        except ForgeError as exc:
+            raise PermanentError(str(exc)) from None
+        view = fold_run(stored.event.run_id, events)
+        return [await asyncio.to_thread(self._publish, repo, push, view, events)]
+
+    def _publish(self, repo: Path, push: PushReceived, view: RunView, events) -> ResultsPublished:
+        terminal = next(
+            e for e in reversed(events) if e.type in ("run.finished", "run.failed", "run.rejected")
+        )
+        payload = terminal.payload
+        output_path = getattr(payload, "output_path", None)
+        log_path = getattr(payload, "log_path", None)
+        files, excluded = collect_outputs(Path(output_path)) if output_path else ({}, [])
+        content: dict[str, Path | bytes] = dict(files)
+        if log_path and Path(log_path).is_file():
+            content["secd-run.log"] = Path(log_path)
+        manifest = {
+            "run_id": view.run_id,
+            "outcome": view.outcome,
+            "reason": view.reason,
+            "researcher": view.actor,
+            "project": push.repository,
+            "ref": push.ref,
+            "head": push.after,
+            "commits": view.commits,
+            "environment": view.environment,
+            "exit_code": view.exit_code,
+            "granted": view.granted,
+            "refused": view.refused,
+            "stages_s": {k: round(v, 3) for k, v in view.stages.items()},
+            "files": sorted(files),
+            "excluded": excluded,
+        }
+        content["secd-manifest.json"] = json.dumps(manifest, indent=2).encode() + b"\n"
+        content["SECD-RESULT.md"] = _summary(view, excluded).encode()
+        branch = f"{self.prefix}{view.run_id}"
+        head = push.after
+        commit = publish_branch(
+            repo,
+            branch,
+            head,
+            content,
+            f"secd: {view.outcome} run {view.run_id}\n\n{view.reason or 'ok'}\n",
+            author=self.author,
+        )
+        return ResultsPublished(
+            repository=push.repository,
+            branch=branch,
+            commit=commit,
+            outcome=view.outcome or "unknown",
+            files=sorted(content),
+        )
+
+
+def _summary(view: RunView, excluded: list[dict]) -> str:
+    lines = [f"# secd run {view.run_id}: {view.outcome}", ""]
+    if view.reason:
+        lines += [f"**Why:** {view.reason}", ""]
+    lines += [f"- commit: `{view.head}` on `{view.ref}`", f"- researcher: {view.actor}"]
+    if view.granted:
+        lines.append(f"- tables granted: {', '.join(view.granted)}")
+    for refusal in view.refused:
+        lines.append(f"- not granted: {refusal['name']}: {refusal['reason']}")
+    if view.exit_code is not None:
+        lines.append(f"- exit code: {view.exit_code}")
+    for item in excluded:
+        lines.append(f"- left out of the results: {item['path']}: {item['reason']}")
+    if view.log_tail:
+        lines += ["", "## Last lines of the job log", "", "```", view.log_tail.rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+async def setup(config: Config, bus: EventBus):
+    """The publisher's one consumer."""
+    return {"publisher": Publisher(config, bus).on_ended}

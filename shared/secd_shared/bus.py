@@ -1,0 +1,165 @@
+"""The one door to NATS JetStream: connect, publish an event once, read the log back.
+
+Publishing: every event goes to `secd.run.<run_id>.<type>` with `Nats-Msg-Id: <run_id>.<type>` and
+an expected last subject sequence of 0, so a retry of a handler never writes a second copy — neither
+inside the duplicate window (the server answers `duplicate`) nor after it (the server refuses with
+'wrong last sequence'). Reading uses JetStream's batched direct get, which needs no consumer and no
+write permission of any kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from secd_shared.config import NatsConfig
+from secd_shared.events import Event, decode_event, encode_event, subject_for
+
+__all__ = ["EventBus", "StoredEvent", "connect"]
+
+log = logging.getLogger("secd.bus")
+
+# JetStream error code for "wrong last sequence": the subject already holds the event.
+_WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as the log holds it: its sequence, subject, server time and exact bytes."""
+
+    seq: int
+    subject: str
+    data: bytes
+    stored_at: datetime | None = None
+
+    @cached_property
+    def event(self) -> Event:
+        """The decoded event (raises EventDecodeError for bytes that are not one)."""
+        return decode_event(self.data)
+
+
+async def connect(config: NatsConfig, name: str) -> Client:
+    """Connect as this service's own identity; retry the first connect and reconnect forever."""
+    user = config.user or name
+
+    async def on_error(exc: Exception) -> None:
+        # Permission violations arrive here, not at the caller (who only sees a timeout).
+        log.error("nats: %s", exc)
+
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                config.url,
+                name=name,
+                user=config.user,
+                password=config.password,
+                inbox_prefix=f"_INBOX_{user}",
+                connect_timeout=config.connect_timeout_s,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                error_cb=on_error,
+            )
+        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+            log.warning("nats at %s not reachable (%s); retrying", config.url, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class EventBus:
+    """Publish events once and read them back, over one NATS connection."""
+
+    def __init__(self, nc: Client, stream: str = "SECD") -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.stream = stream
+
+    async def publish(self, event: Event, *, timeout: float = 5.0) -> bytes:
+        """Store an event; returns the bytes stored. Publishing it again is a no-op."""
+        data = encode_event(event)
+        headers = {
+            "Nats-Msg-Id": f"{event.run_id}.{event.type}",
+            "Nats-Expected-Last-Subject-Sequence": "0",
+        }
+        subject = subject_for(event.run_id, event.type)
+        try:
+            ack = await self.js.publish(subject, data, headers=headers, timeout=timeout)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                log.info("%s already in the log; not written again", subject)
+                return data
+            raise
+        if ack.duplicate:
+            log.info("%s already in the log (duplicate window); not written again", subject)
+        return data
+
+    async def read(
+        self, subjects: str = "secd.run.>", *, start_seq: int = 1, batch: int = 512
+    ) -> AsyncIterator[StoredEvent]:
+        """Yield the stored events on `subjects` from `start_seq`, in log order."""
+        seq = start_seq
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            while True:
+                request = {"seq": seq, "next_by_subj": subjects, "batch": batch}
+                await self.nc.publish(
+                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
+                )
+                last = None
+                pending = 0
+                while True:
+                    msg = await sub.next_msg(timeout=5.0)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status:
+                        if status not in ("204", "404"):
+                            raise RuntimeError(
+                                f"reading the log failed: {status} {headers.get('Description', '')}"
+                            )
+                        break
+                    last = int(headers["Nats-Sequence"])
+                    pending = int(headers.get("Nats-Num-Pending", "0"))
+                    yield StoredEvent(
+                        seq=last,
+                        subject=headers["Nats-Subject"],
+                        data=msg.data,
+                        stored_at=_parse_time(headers.get("Nats-Time-Stamp")),
+                    )
+                if last is None or pending == 0:
+                    return
+                seq = last + 1
+        finally:
+            await sub.unsubscribe()
+
+    async def read_run(self, run_id: str) -> list[StoredEvent]:
+        """Every event of one run, in log order."""
+        return [stored async for stored in self.read(f"secd.run.{run_id}.>")]
+
+    async def close(self) -> None:
+        """Flush and close the connection (not drain: draining a pull subscription waits 30 s)."""
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+            await self.nc.close()
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    # Nanoseconds do not fit datetime; keep microseconds.
+    head, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")

@@ -1,0 +1,317 @@
+"""The events of a run: what each service emits, as frozen msgspec Structs.
+
+Every event is an envelope (`Event`) around a typed payload. The envelope's `type` names the
+payload, and the payload carries the same name as its tag, so a decoder can check the two agree.
+Events hold metadata only: never a password in clear, never a row, never job output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from datetime import UTC, datetime
+
+import msgspec
+from msgspec import Struct
+
+__all__ = [
+    "EVENT_TYPES",
+    "TERMINAL_TYPES",
+    "BuildSucceeded",
+    "CredentialsIssued",
+    "CredentialsRevoked",
+    "DatabaseAddress",
+    "Event",
+    "EventDecodeError",
+    "Payload",
+    "Producer",
+    "PushReceived",
+    "PushVerified",
+    "Refusal",
+    "ResultsPublished",
+    "RunFailed",
+    "RunFinished",
+    "RunPlan",
+    "RunRejected",
+    "RunSpec",
+    "RunStarted",
+    "decode_event",
+    "encode_event",
+    "event_hash",
+    "new_event",
+    "new_run_id",
+    "subject_for",
+    "type_token",
+]
+
+
+class Payload(Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every payload; the tag is the event type, e.g. ``push.received``."""
+
+
+class RunSpec(Struct, frozen=True, kw_only=True):
+    """The researcher's `secd.yml`, validated: how long, with what, from where."""
+
+    runfor: float = 3.0
+    gpu: int = 0
+    cache_dir: str | None = None
+    mount_path: str = "/cache"
+    command: list[str] = msgspec.field(default_factory=lambda: ["python", "main.py"])
+    database: str | None = None
+
+
+class RunPlan(Struct, frozen=True, kw_only=True):
+    """What the builder prepared for a run, carried forward to the executor."""
+
+    repository: str
+    ref: str
+    head: str
+    commits: list[str]
+    environment: str
+    env_path: str
+    source_path: str
+    spec: RunSpec
+
+
+class DatabaseAddress(Struct, frozen=True, kw_only=True):
+    """Where the run's database is; the executor routes the sandbox to it."""
+
+    kind: str
+    database: str
+    host: str | None = None
+    port: int | None = None
+    socket: str | None = None
+
+
+class Refusal(Struct, frozen=True, kw_only=True):
+    """A group or table that was not granted, and why."""
+
+    name: str
+    reason: str
+
+
+class PushReceived(Payload, tag="push.received"):
+    """gateway: the forge reported a push; nothing about it is trusted yet."""
+
+    forge: str
+    repository: str
+    ref: str
+    before: str
+    after: str
+    pusher: str
+
+
+class PushVerified(Payload, tag="push.verified"):
+    """verifier: every commit that needed checking is signed by one of the pusher's keys."""
+
+    repository: str
+    ref: str
+    head: str
+    commits: list[str]
+    researcher: str
+    keys: list[str]
+
+
+class RunRejected(Payload, tag="run.rejected"):
+    """verifier: the push will not run; the reason names the offending commit."""
+
+    repository: str
+    ref: str
+    head: str
+    reason: str
+    commit: str | None = None
+
+
+class BuildSucceeded(Payload, tag="build.succeeded"):
+    """builder: the run's environment and source are ready."""
+
+    plan: RunPlan
+    reused: bool
+    build_log: str
+    build_s: float
+
+
+class CredentialsIssued(Payload, tag="credentials.issued"):
+    """credentials: a temporary account exists; its password is sealed to the executor's key."""
+
+    plan: RunPlan
+    database: str
+    account: str
+    address: DatabaseAddress
+    sealed_password: str
+    granted: list[str]
+    refused: list[Refusal]
+    expires_at: datetime
+
+
+class RunStarted(Payload, tag="run.started"):
+    """executor: the sandbox is running the researcher's command."""
+
+    sandbox: str
+
+
+class RunFinished(Payload, tag="run.finished"):
+    """executor: the command exited (with any exit code) within its time."""
+
+    exit_code: int
+    duration_s: float
+    output_path: str
+    log_path: str
+
+
+class RunFailed(Payload, tag="run.failed"):
+    """any stage: the run cannot go on; the reason is one line a researcher can act on."""
+
+    stage: str
+    reason: str
+    log_tail: str = ""
+    exit_code: int | None = None
+    output_path: str | None = None
+    log_path: str | None = None
+
+
+class CredentialsRevoked(Payload, tag="credentials.revoked"):
+    """credentials: the run's account is locked, its sessions ended, and dropped."""
+
+    account: str
+    backend: str
+
+
+class ResultsPublished(Payload, tag="results.published"):
+    """publisher: the outcome is in the repository as a branch."""
+
+    repository: str
+    branch: str
+    commit: str
+    outcome: str
+    files: list[str]
+
+
+AnyPayload = (
+    PushReceived
+    | PushVerified
+    | RunRejected
+    | BuildSucceeded
+    | CredentialsIssued
+    | RunStarted
+    | RunFinished
+    | RunFailed
+    | CredentialsRevoked
+    | ResultsPublished
+)
+
+EVENT_TYPES: tuple[str, ...] = tuple(
+    cls.__struct_config__.tag
+    for cls in (
+        PushReceived,
+        PushVerified,
+        RunRejected,
+        BuildSucceeded,
+        CredentialsIssued,
+        RunStarted,
+        RunFinished,
+        RunFailed,
+        CredentialsRevoked,
+        ResultsPublished,
+    )
+)
+# After one of these nothing more runs for the run; credentials revoke, the publisher publishes.
+TERMINAL_TYPES: tuple[str, ...] = ("run.finished", "run.failed", "run.rejected")
+
+
+class Producer(Struct, frozen=True):
+    """Which service (and version) wrote an event."""
+
+    service: str
+    version: str
+
+
+class Event(Struct, frozen=True, kw_only=True):
+    """One entry of the audit log: who did what for which run, reacting to which event."""
+
+    id: str
+    run_id: str
+    type: str
+    time: datetime
+    producer: Producer
+    actor: str
+    project: str
+    payload: AnyPayload
+    causation_id: str | None = None
+    causation_hash: str | None = None
+
+
+class EventDecodeError(ValueError):
+    """Raised for bytes that are not a valid secd event."""
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def type_token(event_type: str) -> str:
+    """The subject token of an event type: ``push.received`` -> ``push_received``."""
+    return event_type.replace(".", "_")
+
+
+def subject_for(run_id: str, event_type: str) -> str:
+    """The subject an event of a run is published on."""
+    return f"secd.run.{run_id}.{type_token(event_type)}"
+
+
+def new_run_id() -> str:
+    """A new run id: time-ordered, 20 characters of [0-9a-z], safe in subjects and SQL names."""
+    millis = int(time.time() * 1000)
+    return f"r{millis:011x}{secrets.token_hex(4)}"
+
+
+def event_hash(data: bytes) -> str:
+    """The hash another event uses to name this one (sha256 of its stored bytes)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def new_event(
+    payload: Payload,
+    *,
+    run_id: str,
+    producer: Producer,
+    actor: str,
+    project: str,
+    cause: Event | None = None,
+    cause_data: bytes | None = None,
+) -> Event:
+    """Wrap a payload in an envelope, chained to the event it reacts to."""
+    return Event(
+        id=secrets.token_hex(12),
+        run_id=run_id,
+        type=payload.__struct_config__.tag,
+        time=datetime.now(UTC),
+        producer=producer,
+        actor=actor,
+        project=project,
+        payload=payload,
+        causation_id=cause.id if cause else None,
+        causation_hash=event_hash(cause_data) if cause_data is not None else None,
+    )
+
+
+def encode_event(event: Event) -> bytes:
+    """The bytes stored in the log for an event."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode stored bytes; raises EventDecodeError naming what is wrong."""
+    try:
+        event = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise EventDecodeError(f"not a secd event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(f"not JSON: {exc}") from None
+    if event.type != event.payload.__struct_config__.tag:
+        raise EventDecodeError(
+            f"event {event.id} says type {event.type!r} "
+            f"but carries {event.payload.__struct_config__.tag!r}"
+        )
+    return event

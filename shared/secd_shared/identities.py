@@ -1,0 +1,95 @@
+"""Who may do what on the bus: one NATS user per service, least privilege.
+
+Each service may publish only its own event subjects, pull from and ack only its own durable
+consumers, and (where it needs to) read the log through direct get. No service may create, delete,
+purge or reconfigure a stream or a consumer: only the bootstrap identity (`secd up`) does that.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from secd_shared.events import type_token
+
+__all__ = ["BOOTSTRAP_USER", "CONSUMERS", "IDENTITIES", "Identity", "nats_server_config"]
+
+BOOTSTRAP_USER = "secd-admin"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A service's rights: events it writes, consumers it pulls, whether it reads the log."""
+
+    publishes: tuple[str, ...]
+    consumers: tuple[str, ...] = ()
+    reads_log: bool = False
+
+
+# Durable consumer name -> the event types it delivers.
+CONSUMERS: dict[str, tuple[str, ...]] = {
+    "verifier": ("push.received",),
+    "builder": ("push.verified",),
+    "credentials": ("build.succeeded",),
+    "credentials-revoke": ("run.finished", "run.failed", "run.rejected"),
+    "executor": ("credentials.issued",),
+    "publisher": ("run.finished", "run.failed", "run.rejected"),
+}
+
+IDENTITIES: dict[str, Identity] = {
+    "gateway": Identity(publishes=("push.received",), reads_log=True),
+    "verifier": Identity(publishes=("push.verified", "run.rejected"), consumers=("verifier",)),
+    "builder": Identity(publishes=("build.succeeded", "run.failed"), consumers=("builder",)),
+    "credentials": Identity(
+        publishes=("credentials.issued", "credentials.revoked", "run.failed"),
+        consumers=("credentials", "credentials-revoke"),
+        reads_log=True,
+    ),
+    "executor": Identity(
+        publishes=("run.started", "run.finished", "run.failed"), consumers=("executor",)
+    ),
+    "publisher": Identity(
+        publishes=("results.published",), consumers=("publisher",), reads_log=True
+    ),
+    # The officer's and the `secd runs` view: reads the log, writes nothing.
+    "auditor": Identity(publishes=(), reads_log=True),
+}
+
+
+def _permissions(name: str, identity: Identity, stream: str) -> dict:
+    publish = [f"secd.run.*.{type_token(t)}" for t in identity.publishes]
+    for consumer in identity.consumers:
+        publish += [
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            f"$JS.ACK.{stream}.{consumer}.>",
+        ]
+    if identity.reads_log:
+        publish += [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.STREAM.INFO.{stream}"]
+    return {
+        "publish": {"allow": publish},
+        "subscribe": {"allow": [f"_INBOX_{name}.>"]},
+    }
+
+
+def nats_server_config(
+    *, host: str, port: int, store_dir: str, passwords: dict[str, str], stream: str = "SECD"
+) -> str:
+    """The nats-server config: JetStream on, one user per identity, the bootstrap user."""
+    users = [
+        {"user": BOOTSTRAP_USER, "password": passwords[BOOTSTRAP_USER]},
+    ]
+    for name, identity in IDENTITIES.items():
+        users.append(
+            {
+                "user": name,
+                "password": passwords[name],
+                "permissions": _permissions(name, identity, stream),
+            }
+        )
+    # The NATS config format accepts JSON syntax for values, which quotes every string safely.
+    return (
+        f"listen: {json.dumps(f'{host}:{port}')}\n"
+        f"jetstream {{ store_dir: {json.dumps(store_dir)} }}\n"
+        f"authorization {{ users: {json.dumps(users, indent=2)} }}\n"
+        "max_payload: 1048576\n"
+    )

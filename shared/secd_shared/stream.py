@@ -1,0 +1,76 @@
+"""Stream and consumer bootstrap: run once by the bootstrap identity, never by a service.
+
+The log is one stream with limits retention (an acked message stays: it is the audit trail),
+deny delete, deny purge, no roll-ups, and a duplicate window of minutes.
+"""
+
+from __future__ import annotations
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from secd_shared.events import type_token
+from secd_shared.identities import CONSUMERS
+
+__all__ = ["DUPLICATE_WINDOW_S", "ensure_consumers", "ensure_stream", "stream_config"]
+
+DUPLICATE_WINDOW_S = 10 * 60
+
+
+def stream_config(name: str = "SECD") -> StreamConfig:
+    """The audit log's stream configuration."""
+    return StreamConfig(
+        name=name,
+        subjects=["secd.run.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        allow_direct=True,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, name: str = "SECD") -> None:
+    """Create the log stream if it does not exist (an existing one is left as it is)."""
+    try:
+        await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(stream_config(name))
+
+
+async def ensure_consumers(
+    js: JetStreamContext,
+    stream: str = "SECD",
+    *,
+    ack_wait_s: float = 60.0,
+    max_deliver: int = 5,
+) -> None:
+    """Create every service's durable pull consumer (explicit ack, bounded redelivery)."""
+    for durable, types in CONSUMERS.items():
+        await js.add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subjects=[f"secd.run.*.{type_token(t)}" for t in types],
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ack_wait_s,
+                max_deliver=max_deliver,
+                max_ack_pending=1000,
+            ),
+        )

@@ -1,0 +1,1 @@
+"""Tests for the executor: sandbox, forwarder and database relay."""

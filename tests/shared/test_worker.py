@@ -1,0 +1,147 @@
+"""The worker loop against a real NATS: publish-then-ack, retry, give up, fail the run."""
+
+from __future__ import annotations
+
+import asyncio
+
+from secd_shared.events import (
+    BuildSucceeded,
+    Producer,
+    PushVerified,
+    RunPlan,
+    RunSpec,
+    new_event,
+    new_run_id,
+)
+from secd_shared.worker import PermanentError, TransientError, Worker
+from tests.helpers import wait_until
+
+
+def _verified(run_id: str):
+    return new_event(
+        PushVerified(
+            repository="alice/m", ref="refs/heads/main", head="a" * 40, commits=["a" * 40],
+            researcher="alice", keys=[],
+        ),
+        run_id=run_id, producer=Producer("verifier", "test"), actor="alice", project="alice/m",
+    )  # fmt: skip
+
+
+def _built() -> BuildSucceeded:
+    plan = RunPlan(
+        repository="alice/m", ref="refs/heads/main", head="a" * 40, commits=[], environment="e",
+        env_path="/e", source_path="/s", spec=RunSpec(),
+    )  # fmt: skip
+    return BuildSucceeded(plan=plan, reused=False, build_log="/l", build_s=0.1)
+
+
+async def _run_worker(nats_server, handler, until, *, max_deliver=3):
+    """Run the builder's consumer with `handler` until `until()` is truthy."""
+    bus = await nats_server.bus("builder")
+    stop = asyncio.Event()
+    worker = Worker(
+        bus, producer=Producer("builder", "test"), consumer="builder", handler=handler,
+        ack_wait_s=2.0, max_deliver=max_deliver,
+    )  # fmt: skip
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        return await wait_until(until, timeout=30)
+    finally:
+        stop.set()
+        await task
+        await bus.close()
+
+
+async def test_the_next_event_is_published_chained_and_the_input_acked(nats_server, admin_bus):
+    run_id = new_run_id()
+    await admin_bus.publish(_verified(run_id))
+    calls: list[str] = []
+
+    async def handle(stored):
+        if stored.event.run_id == run_id:
+            calls.append(stored.event.type)
+            return [_built()]
+        return []
+
+    async def done():
+        return len(await admin_bus.read_run(run_id)) == 2
+
+    await _run_worker(nats_server, handle, done)
+    first, second = await admin_bus.read_run(run_id)
+    assert second.event.type == "build.succeeded"
+    assert second.event.causation_id == first.event.id
+    from secd_shared.events import event_hash
+
+    assert second.event.causation_hash == event_hash(first.data)
+    assert second.event.actor == "alice" and second.event.producer.service == "builder"
+    # Acked: not delivered again after the ack wait.
+    await asyncio.sleep(2.5)
+    assert calls == ["push.verified"]
+
+
+async def test_a_transient_fault_is_retried_then_succeeds(nats_server, admin_bus):
+    run_id = new_run_id()
+    await admin_bus.publish(_verified(run_id))
+    attempts = 0
+
+    async def handle(stored):
+        nonlocal attempts
+        if stored.event.run_id != run_id:
+            return []
+        attempts += 1
+        if attempts == 1:
+            raise TransientError("database down")
+        return [_built()]
+
+    async def done():
+        return len(await admin_bus.read_run(run_id)) == 2
+
+    await _run_worker(nats_server, handle, done)
+    assert attempts == 2
+    assert [s.event.type for s in await admin_bus.read_run(run_id)][-1] == "build.succeeded"
+
+
+async def test_a_permanent_fault_fails_the_run_once_with_its_reason(nats_server, admin_bus):
+    run_id = new_run_id()
+    await admin_bus.publish(_verified(run_id))
+    attempts = 0
+
+    async def handle(stored):
+        nonlocal attempts
+        if stored.event.run_id != run_id:
+            return []
+        attempts += 1
+        raise PermanentError("secd.yml: runfor must be a number", log_tail="tail")
+
+    async def done():
+        return len(await admin_bus.read_run(run_id)) == 2
+
+    await _run_worker(nats_server, handle, done)
+    await asyncio.sleep(2.5)  # terminated: no redelivery after the ack wait
+    failed = (await admin_bus.read_run(run_id))[-1].event
+    assert failed.type == "run.failed"
+    assert failed.payload.reason == "secd.yml: runfor must be a number"
+    assert failed.payload.stage == "builder" and failed.payload.log_tail == "tail"
+    assert attempts == 1
+
+
+async def test_redelivery_is_bounded_and_ends_in_run_failed(nats_server, admin_bus):
+    run_id = new_run_id()
+    await admin_bus.publish(_verified(run_id))
+    attempts = 0
+
+    async def handle(stored):
+        if stored.event.run_id != run_id:
+            return []
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("boom")
+
+    async def done():
+        return len(await admin_bus.read_run(run_id)) == 2
+
+    await _run_worker(nats_server, handle, done, max_deliver=3)
+    failed = (await admin_bus.read_run(run_id))[-1].event
+    assert failed.type == "run.failed"
+    assert "gave up after 3 attempts" in failed.payload.reason
+    assert attempts == 3
