@@ -199,7 +199,12 @@ class Stack:
 
     def _start_postgres(self) -> None:
         """pgserver's private PostgreSQL, with password (SCRAM) auth for every account."""
-        import pgserver
+        import warnings
+
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR it warns.
+            warnings.simplefilter("ignore")
+            import pgserver
 
         from secd_credentials.accounts import scram_sha256_verifier
 
@@ -207,13 +212,14 @@ class Stack:
         self._pg = pgserver.get_server(pgdata, cleanup_mode="stop")
         info = self._pg.get_postmaster_info()
         hba = pgdata / "pg_hba.conf"
-        if "scram-sha-256" not in hba.read_text():
+        secured = "local all all scram-sha-256\n"
+        if hba.read_text() != secured:
             # initdb left trust auth: anyone reaching the socket could be 'postgres'. From here
             # on every account, the admin included, must present its password.
             verifier = scram_sha256_verifier(self.secret["postgres"])
             self._pg.psql(f"ALTER ROLE postgres PASSWORD '{verifier}';")
             self._pg.psql("CREATE DATABASE sensitive;")
-            hba.write_text("local all all scram-sha-256\n")
+            hba.write_text(secured)
             self._pg.psql("SELECT pg_reload_conf();")
         self.config["credentials"]["databases"] = {
             "sensitive": {

@@ -55,13 +55,14 @@ class Executor:
             cache = self.cache_root / _safe(event.actor) / spec.cache_dir
             cache.mkdir(parents=True, exist_ok=True)
         port = DB_PORTS[issued.address.kind]
-        relay = DatabaseRelay(
-            run_dir / "db.sock",
-            host=issued.address.host,
-            port=issued.address.port,
-            socket=issued.address.socket,
-            uid=self.uid,
+        address = issued.address
+        # A Unix socket when the database has one (no TCP hop, no port to guess), else TCP.
+        target = (
+            {"socket": address.socket}
+            if address.socket
+            else {"host": address.host, "port": address.port}
         )
+        relay = DatabaseRelay(run_dir / "db.sock", uid=self.uid, **target)
         environment = {
             "DB_USER": issued.account,
             "DB_PASS": unseal(self.key, issued.sealed_password),
