@@ -97,6 +97,8 @@ class BuilderConfig(_Section):
     python: str | None = None
     timeout_s: float = 900.0
     max_runfor_h: float = 24.0
+    # Installing from source runs the package's build code in the builder, outside the sandbox.
+    allow_source_builds: bool = False
 
 
 class DatabaseConfig(_Section):

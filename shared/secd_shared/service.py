@@ -11,7 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from secd_shared.bus import EventBus, connect
 from secd_shared.config import Config, ConfigError, load_config
-from secd_shared.events import Producer
+from secd_shared.events import TERMINAL_TYPES, Producer
+from secd_shared.identities import CONSUMERS
 from secd_shared.logs import configure_logging
 from secd_shared.worker import Handler, Worker
 
@@ -52,8 +53,9 @@ async def serve(
             concurrency=concurrency,
             ack_wait_s=config.nats.ack_wait_s,
             max_deliver=config.nats.max_deliver,
-            # Revocation reacts to a run that has already ended: it never fails one.
-            fail_runs=consumer != "credentials-revoke",
+            # Consumers of terminal events (revocation, publishing) react to a run that has
+            # already ended: they never fail it a second time.
+            fail_runs=not set(CONSUMERS[consumer]) <= set(TERMINAL_TYPES),
         )
         for consumer, handler in handlers.items()
     ]

@@ -28,6 +28,16 @@ def test_a_new_branch_lists_everything_reachable(repo: Repo):
     assert commits_to_verify(repo.path, ZERO, c3, {c1, c2}) == [c1, c2, c3]
 
 
+def test_a_new_branch_lists_what_no_other_branch_reaches(repo: Repo):
+    # bob's verified work on main is not part of alice's push of a new branch on top of it...
+    c1, c2 = repo.commit(), repo.commit()
+    repo.git("switch", "-q", "-c", "feature")
+    c3 = repo.commit()
+    assert commits_to_verify(repo.path, ZERO, c3, {c1, c2}, ref="refs/heads/feature") == [c3]
+    # ...but commits never verified stay listed, whichever branch holds them.
+    assert commits_to_verify(repo.path, ZERO, c3, {c1}, ref="refs/heads/feature") == [c2, c3]
+
+
 def test_deleting_a_branch_verifies_nothing(repo: Repo):
     repo.commit()
     assert commits_to_verify(repo.path, repo.head(), ZERO, []) == []

@@ -266,6 +266,7 @@ def _build(
     env: dict[str, str],
     timeout_s: float,
     key: str,
+    allow_source_builds: bool,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     with log_path.open("ab") as log:
@@ -322,6 +323,9 @@ def _build(
                     str(path / "bin" / "python"),
                     "-r",
                     str(requirements),
+                    # Building an sdist runs its setup.py here, outside any sandbox: wheels only
+                    # unless the operator accepts that.
+                    *([] if allow_source_builds else ["--no-build"]),
                 ],
                 "installing requirements.txt",
             )
@@ -338,6 +342,7 @@ def ensure_environment(
     *,
     python: str = sys.executable,
     timeout_s: float = 900,
+    allow_source_builds: bool = False,
 ) -> Environment:
     """The environment for these requirements: reused if complete, else built; BuildError."""
     started = time.monotonic()
@@ -372,6 +377,7 @@ def ensure_environment(
                 _uv_env(envs_dir),
                 timeout_s,
                 key,
+                allow_source_builds,
             )
         except BaseException:
             _remove(path)

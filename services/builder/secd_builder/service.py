@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 from secd_builder.environment import BuildError, ensure_environment
-from secd_builder.source import export_source, read_file_at
+from secd_builder.source import SourceError, export_source, read_file_at
 from secd_builder.spec import SpecError, parse_spec
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
@@ -31,6 +31,7 @@ class Builder:
         self.python = config.builder.python or sys.executable
         self.timeout_s = config.builder.timeout_s
         self.max_runfor_h = config.builder.max_runfor_h
+        self.allow_source_builds = config.builder.allow_source_builds
 
     async def on_verified(self, stored: StoredEvent) -> list[BuildSucceeded]:
         """Build for one verified push."""
@@ -40,24 +41,29 @@ class Builder:
         push = stored.event.payload
         assert isinstance(push, PushVerified)
         try:
-            repo = repository_path(self.forge_root, push.repository)
-        except ForgeError as exc:
+            return self._prepare(push, stored.event.run_id)
+        except (ForgeError, SourceError, SpecError) as exc:
             raise PermanentError(str(exc)) from None
-        text = read_file_at(repo, push.head, "secd.yml")
-        try:
-            spec = parse_spec(
-                text.decode() if text is not None else None, max_runfor_h=self.max_runfor_h
-            )
-        except (SpecError, UnicodeDecodeError) as exc:
-            raise PermanentError(str(exc)) from None
-        requirements = read_file_at(repo, push.head, "requirements.txt") or b""
-        try:
-            env = ensure_environment(
-                requirements, self.envs_dir, python=self.python, timeout_s=self.timeout_s
-            )
+        except UnicodeDecodeError:
+            raise PermanentError("secd.yml is not UTF-8 text; save it as UTF-8") from None
         except BuildError as exc:
             raise PermanentError(f"build failed: {exc}", log_tail=exc.log_tail) from None
-        source = export_source(repo, push.head, self.work_dir / stored.event.run_id / "src")
+
+    def _prepare(self, push: PushVerified, run_id: str) -> BuildSucceeded:
+        repo = repository_path(self.forge_root, push.repository)
+        text = read_file_at(repo, push.head, "secd.yml")
+        spec = parse_spec(
+            text.decode() if text is not None else None, max_runfor_h=self.max_runfor_h
+        )
+        requirements = read_file_at(repo, push.head, "requirements.txt") or b""
+        env = ensure_environment(
+            requirements,
+            self.envs_dir,
+            python=self.python,
+            timeout_s=self.timeout_s,
+            allow_source_builds=self.allow_source_builds,
+        )
+        source = export_source(repo, push.head, self.work_dir / run_id / "src")
         return BuildSucceeded(
             plan=RunPlan(
                 repository=push.repository,
@@ -77,6 +83,4 @@ class Builder:
 
 async def setup(config: Config, _bus: EventBus):
     """The builder's one consumer."""
-    builder = Builder(config)
-
-    return {"builder": builder.on_verified}
+    return {"builder": Builder(config).on_verified}

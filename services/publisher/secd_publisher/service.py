@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from secd_publisher.branch import publish_branch
+from secd_publisher.branch import PublishError, publish_branch
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
 from secd_shared.events import PushReceived, ResultsPublished
@@ -77,7 +77,10 @@ class Publisher:
         except ForgeError as exc:
             raise PermanentError(str(exc)) from None
         view = fold_run(stored.event.run_id, events)
-        return [await asyncio.to_thread(self._publish, repo, push, view, events)]
+        try:
+            return [await asyncio.to_thread(self._publish, repo, push, view, events)]
+        except PublishError as exc:
+            raise PermanentError(f"the results could not be written: {exc}") from None
 
     def _publish(self, repo: Path, push: PushReceived, view: RunView, events) -> ResultsPublished:
         terminal = next(

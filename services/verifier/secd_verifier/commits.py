@@ -78,11 +78,27 @@ def _rev_list(repo: Path, tip: str, exclude: Iterable[str]) -> list[str]:
     return out.decode().split()
 
 
+def _other_branch_heads(repo: Path, ref: str) -> list[str]:
+    out = _checked(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+    heads = []
+    for line in out.decode().splitlines():
+        sha, _, name = line.partition(" ")
+        if name != ref:
+            heads.append(sha)
+    return heads
+
+
 def commits_to_verify(
-    repo: Path, before: str, after: str, already_verified: Iterable[str]
+    repo: Path,
+    before: str,
+    after: str,
+    already_verified: Iterable[str],
+    *,
+    ref: str | None = None,
 ) -> list[str]:
     """Commits of a push that must be verified, oldest first: everything in before..after
-    (for a new branch, before == ZERO: everything reachable from after), plus any commit reachable
+    (for a new branch, before == ZERO: what is reachable from after and from no other branch
+    than `ref`, or everything reachable when `ref` is not given), plus any commit reachable
     from `after` that is not in `already_verified` (closes the 'unverified history' hole: an old
     unsigned commit pushed earlier on another branch and rejected is still checked).
 
@@ -99,7 +115,10 @@ def commits_to_verify(
         before = _require_commit(repo, before)
 
     unverified = _rev_list(repo, after, already_verified)
-    pushed = _rev_list(repo, after, [] if before == ZERO else [before])
+    if before != ZERO:
+        pushed = _rev_list(repo, after, [before])
+    else:
+        pushed = _rev_list(repo, after, _other_branch_heads(repo, ref) if ref else [])
     # Oldest first across both lists: a commit only in `unverified` is reachable from `before`,
     # so none of its ancestors is in `pushed`, and putting those first keeps parents first.
     in_pushed = set(pushed)

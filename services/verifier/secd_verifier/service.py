@@ -74,7 +74,7 @@ class Verifier:
     def _verify(self, repo: Path, push: PushReceived, researcher: str, reject) -> list[Emit]:
         try:
             commits = commits_to_verify(
-                repo, push.before, push.after, self.verified.load(push.repository)
+                repo, push.before, push.after, self.verified.load(push.repository), ref=push.ref
             )
         except ValueError as exc:
             return reject(str(exc))
