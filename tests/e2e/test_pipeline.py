@@ -1,0 +1,278 @@
+"""The whole workflow, for real: NATS, pgserver's PostgreSQL, git, gpg, bwrap and the six services
+each in its own process, driven by `git push` to the embedded forge."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from secd.audit import open_log
+from secd.stack import Stack
+from secd_shared.forge import create_repository
+from secd_shared.runs import fold_run
+from tests.gpghelp import GpgKey, git_env, make_key, stop_agent
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+PROBE_JOB = '''\
+"""Reads its table, tries what it must not, and reports."""
+import hashlib, json, os, socket, time
+from pathlib import Path
+import pg8000.native
+
+settings = json.loads(Path("probe.json").read_text())
+report = {}
+db = pg8000.native.Connection(
+    user=os.environ["DB_USER"], password=os.environ["DB_PASS"], host=os.environ["DB_HOST"],
+    port=int(os.environ["DB_PORT"]), database=os.environ["DB_NAME"])
+report["patients"] = db.run("SELECT count(*) FROM patients")[0][0]
+try:
+    db.run("SELECT count(*) FROM billing")
+    report["billing"] = "read"
+except pg8000.native.DatabaseError as exc:
+    report["billing"] = exc.args[0]["C"]
+db.close()
+try:
+    socket.create_connection(("127.0.0.1", settings["gateway_port"]), timeout=2)
+    report["network"] = "connected"
+except OSError as exc:
+    report["network"] = type(exc).__name__
+for target in ("/job/evil.txt", "/etc/evil.txt", "/usr/evil.txt"):
+    try:
+        Path(target).write_text("x")
+        report[target] = "written"
+    except OSError:
+        report[target] = "refused"
+Path("/tmp/scratch.txt").write_text("tmp is writable")
+report["tmp"] = Path("/tmp/scratch.txt").read_text()
+report["secd"] = os.environ["SECD"]
+out = Path(os.environ["OUTPUT_PATH"])
+# For the test only: the password itself, so the test can look for it everywhere else.
+(out / "password.txt").write_text(os.environ["DB_PASS"])
+(out / "report.json").write_text(json.dumps(report))
+print("probe done", flush=True)
+time.sleep(settings["sleep"])
+'''
+
+
+class Researcher:
+    """A local clone with a signing key, pushing to the embedded forge."""
+
+    def __init__(self, work: Path, key: GpgKey, remote: Path) -> None:
+        self.work, self.key = work, key
+        work.mkdir(parents=True)
+        self.git("init", "-q", "-b", "main")
+        self.git("remote", "add", "origin", str(remote))
+        self.n = 0
+
+    def git(self, *args: str, sign_as: GpgKey | None = None) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=self.work, env=git_env(sign_as or self.key),
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def commit(self, files: dict[str, str], *, sign: bool = True, sign_as=None) -> str:
+        self.n += 1
+        for name, text in files.items():
+            (self.work / name).write_text(text)
+        self.git("add", "-A")
+        flag = "-S" if sign else "--no-gpg-sign"
+        self.git("commit", "-q", flag, "--allow-empty", "-m", f"change {self.n}", sign_as=sign_as)
+        return self.git("rev-parse", "HEAD")
+
+    def push(self) -> None:
+        self.git("push", "-q", "origin", "HEAD:refs/heads/main")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    home = tmp_path_factory.mktemp("keys")
+    alice = make_key(home, "Alice", "alice@example.org")
+    bob = make_key(home, "Bob", "bob@example.org")
+    yield alice, bob
+    stop_agent(alice)
+    stop_agent(bob)
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory, keys):
+    alice, bob = keys
+    root = tmp_path_factory.mktemp("stack")
+    stack = Stack(root / "state", accounts={getpass.getuser(): "alice"}, ack_wait_s=3.0)
+    stack.prepare()
+    for name, key in (("alice", alice), ("bob", bob)):
+        (stack.state_dir / "keys" / name).mkdir(parents=True)
+        (stack.state_dir / "keys" / name / "key.asc").write_text(key.public_armor)
+    (stack.state_dir / "groups.toml").write_text(
+        '[researchers]\nalice = ["postgres-patients-read"]\n'
+    )
+    await stack.start()
+    conn = await asyncpg.connect(**stack.postgres_admin_dsn())
+    await conn.execute(
+        "CREATE TABLE patients (id int); INSERT INTO patients SELECT generate_series(1, 25);"
+        "CREATE TABLE billing (id int);"
+    )
+    await conn.close()
+    yield stack
+    await stack.stop()
+
+
+@pytest.fixture
+def repo(stack, keys, tmp_path, request) -> Researcher:
+    name = f"alice/{request.node.name.replace('_', '-')[:40]}"
+    bare = create_repository(
+        stack.state_dir / "forge",
+        name,
+        gateway_url=stack.gateway_url,
+        token_file=Path(stack.config["gateway"]["token_file"]),
+    )
+    return Researcher(tmp_path / "clone", keys[0], bare)
+
+
+async def _run_of(stack, head: str, until: str, timeout: float = 120):
+    bus = await open_log(stack.state_dir)
+    try:
+
+        async def find():
+            async for stored in bus.read("secd.run.*.push_received"):
+                if stored.event.payload.after == head:
+                    run = await bus.read_run(stored.event.run_id)
+                    if any(s.event.type == until for s in run):
+                        return run
+            return None
+
+        return await wait_until(find, timeout=timeout, interval=0.1)
+    finally:
+        await bus.close()
+
+
+def _project(stack, sleep: float = 0) -> dict[str, str]:
+    return {
+        "main.py": PROBE_JOB,
+        "probe.json": json.dumps({"gateway_port": stack.config["gateway"]["port"], "sleep": sleep}),
+        "requirements.txt": "pg8000==1.31.2\n",
+        "secd.yml": "runfor: 0.05\n",
+    }
+
+
+async def test_a_signed_push_runs_and_is_published_and_the_account_is_gone(stack, repo):
+    head = repo.commit(_project(stack))
+    repo.push()
+    run = await _run_of(stack, head, "results.published")
+    events = [s.event for s in run]
+    view = fold_run(events[0].run_id, events)
+    assert view.outcome == "succeeded", (view.reason, view.log_tail)
+    assert view.granted == ["patients"]
+    assert [e.type for e in events][:6] == [
+        "push.received", "push.verified", "build.succeeded", "credentials.issued",
+        "run.started", "run.finished",
+    ]  # fmt: skip
+    git_dir = stack.state_dir / "forge" / f"{events[0].project}.git"
+
+    def show(path: str) -> str:
+        return subprocess.run(
+            ["git", "--git-dir", str(git_dir), "show", f"{view.branch}:{path}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+
+    report = json.loads(show("output/report.json"))
+    assert report["patients"] == 25
+    assert report["billing"] == "42501"  # insufficient_privilege
+    assert report["network"] in ("ConnectionRefusedError", "OSError", "TimeoutError")
+    assert (
+        report["/job/evil.txt"] == report["/etc/evil.txt"] == report["/usr/evil.txt"] == "refused"
+    )
+    assert report["tmp"] == "tmp is writable" and report["secd"] == "PRODUCTION"
+    assert "probe done" in show("secd-run.log")
+    manifest = json.loads(show("secd-manifest.json"))
+    assert manifest["commits"] == [head] and manifest["exit_code"] == 0
+
+    # The password is in no event, no service log, no NATS log.
+    password = show("output/password.txt")
+    assert len(password) >= 32
+    bus = await open_log(stack.state_dir)
+    try:
+        every_event = b"".join([s.data async for s in bus.read()])
+    finally:
+        await bus.close()
+    assert password.encode() not in every_event
+    assert b"sealed_password" in every_event
+    for log in (stack.state_dir / "logs").iterdir():
+        assert password not in log.read_text(errors="replace"), log.name
+
+    # The account is gone: it cannot log in after the run.
+    run = await _run_of(stack, head, "credentials.revoked")
+    issued = next(s.event.payload for s in run if s.event.type == "credentials.issued")
+    dsn = stack.postgres_admin_dsn()
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+        await asyncpg.connect(
+            host=dsn["host"], port=dsn["port"], database="sensitive",
+            user=issued.account, password=password,
+        )  # fmt: skip
+
+
+async def test_an_unsigned_push_is_rejected_with_the_commit_named(stack, repo):
+    head = repo.commit({"main.py": "print('hi')\n"}, sign=False)
+    repo.push()
+    run = await _run_of(stack, head, "results.published")
+    types = [s.event.type for s in run]
+    assert "build.succeeded" not in types and "credentials.issued" not in types
+    rejected = next(s.event.payload for s in run if s.event.type == "run.rejected")
+    assert rejected.commit == head
+    assert f"commit {head[:7]} is not signed" in rejected.reason
+
+
+async def test_a_commit_signed_with_someone_elses_key_is_rejected(stack, repo, keys):
+    _alice, bob = keys
+    repo.commit({"main.py": "print('hi')\n"})
+    head = repo.commit({"other.py": "x = 1\n"}, sign_as=bob)
+    repo.push()
+    run = await _run_of(stack, head, "run.rejected")
+    rejected = next(s.event.payload for s in run if s.event.type == "run.rejected")
+    assert rejected.commit == head and "of bob" in rejected.reason
+
+
+async def test_a_bad_secd_yml_fails_the_run_naming_the_field(stack, repo):
+    head = repo.commit({"main.py": "print('hi')\n", "secd.yml": "runfor: soon\n"})
+    repo.push()
+    run = await _run_of(stack, head, "results.published")
+    failed = next(s.event.payload for s in run if s.event.type == "run.failed")
+    assert failed.stage == "builder" and "runfor" in failed.reason
+
+
+async def test_an_executor_killed_mid_run_still_leads_to_exactly_one_published_run(stack, repo):
+    head = repo.commit(_project(stack, sleep=2))
+    repo.push()
+    await _run_of(stack, head, "run.started")
+    stack.kill_service("executor")  # SIGKILL, mid-run
+    time.sleep(0.5)
+    stack.start_service("executor")
+    run = await _run_of(stack, head, "credentials.revoked", timeout=120)
+    run = await _run_of(stack, head, "results.published", timeout=120)
+    types = [s.event.type for s in run]
+    assert types.count("results.published") == 1
+    assert types.count("run.finished") == 1
+    view = fold_run(run[0].event.run_id, [s.event for s in run])
+    assert view.outcome == "succeeded", (view.reason, view.log_tail)
+    git_dir = stack.state_dir / "forge" / f"{view.project}.git"
+    branches = subprocess.run(
+        ["git", "--git-dir", str(git_dir), "branch", "--list", f"secd/{view.run_id}*"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert branches == [f"secd/{view.run_id}"]
+    # The restarted executor really ran it again (second delivery), and wrote it once.
+    handled = [
+        json.loads(line)
+        for line in (stack.state_dir / "logs" / "executor.log").read_text().splitlines()
+        if line.startswith("{") and view.run_id in line and "handled" in line
+    ]
+    assert [entry["attempt"] for entry in handled] == [2]
