@@ -7,13 +7,14 @@ The job has no requirements, `runfor: 0.05`, and a main.py that writes one small
 $OUTPUT_PATH and prints a line; it queries nothing, but the pipeline still issues and revokes its
 database account as for any run.
 
-Pipeline time of one run: from just before `git push` of a new signed commit to main (the hook
-posts to the gateway inside the push) until results.published for that commit is in the event log,
-read as the `auditor` identity every POLL_S seconds, so each figure may be up to POLL_S (plus one
-read of the log) late. One warm-up run (it builds the environment) is not counted.
-Direct time of one run: `python main.py` in the project's checkout, with OUTPUT_PATH set to a
-temporary directory, by subprocess. Both are medians of --runs runs; stages are medians of the
-durations fold_run derives from each run's event times. Last line:
+Pipeline time of one run: from just before `git push` of a new signed commit to main (each one
+changes run.txt and is signed before the clock starts; the hook posts to the gateway inside the
+push) until results.published for that commit is in the event log, read as the `auditor` identity
+every POLL_S seconds, so each figure may be up to POLL_S (plus one read of the log) late. One
+warm-up run (it builds the environment) is not counted.
+Direct time of one run: `python main.py` (this interpreter) in the project's checkout, with
+OUTPUT_PATH set to a temporary directory, by subprocess. Both are medians of --runs runs; stages
+are medians of the durations fold_run derives from each run's event times. Last line:
 
     overhead_s=<median pipeline - median direct> ratio=<median pipeline / median direct> ...
 """

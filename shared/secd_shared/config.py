@@ -122,6 +122,8 @@ class CredentialsConfig(_Section):
     databases: dict[str, DatabaseConfig] = msgspec.field(default_factory=dict)
     grace_s: float = 300.0
     max_connections: int = 4
+    # How often the sweeper compares the databases' accounts with the log.
+    sweep_interval_s: float = 30.0
 
 
 class ExecutorConfig(_Section):

@@ -20,6 +20,7 @@ __all__ = [
     "TERMINAL_TYPES",
     "BuildSucceeded",
     "CredentialsIssued",
+    "CredentialsRevokeFailed",
     "CredentialsRevoked",
     "DatabaseAddress",
     "Event",
@@ -178,6 +179,14 @@ class CredentialsRevoked(Payload, tag="credentials.revoked"):
     backend: str
 
 
+class CredentialsRevokeFailed(Payload, tag="credentials.revoke_failed"):
+    """credentials: revoking the run's account failed; it is retried until it succeeds."""
+
+    account: str
+    backend: str
+    reason: str
+
+
 class ResultsPublished(Payload, tag="results.published"):
     """publisher: the outcome is in the repository as a branch."""
 
@@ -198,6 +207,7 @@ AnyPayload = (
     | RunFinished
     | RunFailed
     | CredentialsRevoked
+    | CredentialsRevokeFailed
     | ResultsPublished
 )
 
@@ -213,6 +223,7 @@ EVENT_TYPES: tuple[str, ...] = tuple(
         RunFinished,
         RunFailed,
         CredentialsRevoked,
+        CredentialsRevokeFailed,
         ResultsPublished,
     )
 )

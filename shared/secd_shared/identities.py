@@ -41,7 +41,12 @@ IDENTITIES: dict[str, Identity] = {
     "verifier": Identity(publishes=("push.verified", "run.rejected"), consumers=("verifier",)),
     "builder": Identity(publishes=("build.succeeded", "run.failed"), consumers=("builder",)),
     "credentials": Identity(
-        publishes=("credentials.issued", "credentials.revoked", "run.failed"),
+        publishes=(
+            "credentials.issued",
+            "credentials.revoked",
+            "credentials.revoke_failed",
+            "run.failed",
+        ),
         consumers=("credentials", "credentials-revoke"),
         reads_log=True,
     ),

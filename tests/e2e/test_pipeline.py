@@ -276,3 +276,63 @@ async def test_an_executor_killed_mid_run_still_leads_to_exactly_one_published_r
         if line.startswith("{") and view.run_id in line and "handled" in line
     ]
     assert [entry["attempt"] for entry in handled] == [2]
+
+
+SLOW_QUERY_JOB = """\
+import os
+import pg8000.native
+
+db = pg8000.native.Connection(
+    user=os.environ["DB_USER"], password=os.environ["DB_PASS"], host=os.environ["DB_HOST"],
+    port=int(os.environ["DB_PORT"]), database=os.environ["DB_NAME"])
+print("querying", flush=True)
+db.run("SELECT pg_sleep(120)")
+"""
+
+
+async def _sessions_of(stack, account: str) -> int:
+    conn = await asyncpg.connect(**stack.postgres_admin_dsn())
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", account
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_query_running_when_the_run_ends_is_cut_off(stack, repo):
+    # runfor 0.001 h = 3.6 s: the executor stops the job mid-query; the server would go on
+    # sleeping for two minutes, but revocation ends the session.
+    head = repo.commit(
+        {
+            "main.py": SLOW_QUERY_JOB,
+            "requirements.txt": "pg8000==1.31.2\n",
+            "secd.yml": "runfor: 0.001\n",
+        }
+    )
+    repo.push()
+    run = await _run_of(stack, head, "run.started")
+    issued = next(s.event.payload for s in run if s.event.type == "credentials.issued")
+    assert await wait_until(lambda: _sessions_of(stack, issued.account), timeout=30)
+    run = await _run_of(stack, head, "credentials.revoked", timeout=60)
+    failed = next(s.event.payload for s in run if s.event.type == "run.failed")
+    assert "longer than runfor" in failed.reason
+    assert await _sessions_of(stack, issued.account) == 0
+
+
+async def test_a_credentials_service_killed_mid_run_still_revokes_after_restart(stack, repo):
+    head = repo.commit(_project(stack, sleep=2))
+    repo.push()
+    run = await _run_of(stack, head, "run.started")
+    issued = next(s.event.payload for s in run if s.event.type == "credentials.issued")
+    stack.kill_service("credentials")  # SIGKILL while the job runs
+    await _run_of(stack, head, "run.finished")  # the run ends while nobody can revoke
+    conn = await asyncpg.connect(**stack.postgres_admin_dsn())
+    try:
+        role = "SELECT count(*) FROM pg_roles WHERE rolname = $1"
+        assert await conn.fetchval(role, issued.account) == 1
+        stack.start_service("credentials")
+        await _run_of(stack, head, "credentials.revoked", timeout=60)
+        assert await conn.fetchval(role, issued.account) == 0
+    finally:
+        await conn.close()

@@ -7,10 +7,13 @@ executor's key before it leaves this process, and it is revoked when the run end
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 from datetime import UTC, datetime, timedelta
 
-from secd_credentials.accounts import account_name, new_password
+from secd_credentials.accounts import ACCOUNT_PREFIX, account_name, new_password
 from secd_credentials.backends import (
     MariaDBSettings,
     PostgresSettings,
@@ -22,11 +25,15 @@ from secd_credentials.identity import FileIdentity, IdentityError
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, DatabaseConfig
 from secd_shared.events import (
+    TERMINAL_TYPES,
     BuildSucceeded,
     CredentialsIssued,
     CredentialsRevoked,
+    CredentialsRevokeFailed,
+    new_event,
 )
 from secd_shared.sealing import seal
+from secd_shared.service import producer_for
 from secd_shared.worker import PermanentError, TransientError
 
 __all__ = ["Credentials", "setup"]
@@ -41,6 +48,9 @@ class Credentials:
         self.bus = bus
         self.settings = config.credentials
         self.identity = FileIdentity(config.path(config.identity.groups_file))
+        self.producer = producer_for("credentials")
+        # An account with no credentials.issued this old cannot belong to a run in progress.
+        self.orphan_after_s = config.builder.max_runfor_h * 3600 + config.builder.timeout_s
         self.backends: dict[str, Backend] = {
             name: make_backend(backend_settings(db))
             for name, db in config.credentials.databases.items()
@@ -83,7 +93,9 @@ class Credentials:
             tables,
             expires_at=expires_at,
             max_connections=self.settings.max_connections,
-            statement_timeout_s=int(runfor_s),
+            # A backstop only: the executor stops the job at runfor and revocation ends its
+            # sessions; no single statement may outlive the lease.
+            statement_timeout_s=max(1, math.ceil(runfor_s + self.settings.grace_s)),
         )
         refused = [*refused, *result.refused]
         if not result.granted:
@@ -111,17 +123,99 @@ class Credentials:
     async def on_ended(self, stored: StoredEvent) -> list[CredentialsRevoked]:
         """Revoke the run's account when the run has ended (any way it ended)."""
         run = await self.bus.read_run(stored.event.run_id)
-        types = [s.event.type for s in run]
-        if "credentials.issued" not in types or "credentials.revoked" in types:
+        issued = _first(run, "credentials.issued")
+        if issued is None or _first(run, "credentials.revoked") is not None:
             return []
-        issued = next(s.event.payload for s in run if s.event.type == "credentials.issued")
-        assert isinstance(issued, CredentialsIssued)
-        backend = self.backends.get(issued.database)
+        payload = issued.event.payload
+        assert isinstance(payload, CredentialsIssued)
+        backend = self.backends.get(payload.database)
         if backend is None:
-            raise TransientError(f"database {issued.database!r} is no longer configured")
-        await backend.revoke(issued.account)
-        log.info("revoked %s", issued.account, extra={"run_id": stored.event.run_id})
-        return [CredentialsRevoked(account=issued.account, backend=backend.kind)]
+            raise TransientError(f"database {payload.database!r} is no longer configured")
+        await self._revoke(backend, payload.account, cause=stored)
+        return [CredentialsRevoked(account=payload.account, backend=backend.kind)]
+
+    async def _revoke(self, backend: Backend, account: str, *, cause: StoredEvent) -> None:
+        """Revoke, or record `credentials.revoke_failed` and raise TransientError (retried)."""
+        try:
+            await backend.revoke(account)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:300]
+            log.error(
+                "revoking %s failed: %s", account, reason, extra={"run_id": cause.event.run_id}
+            )
+            failed = CredentialsRevokeFailed(account=account, backend=backend.kind, reason=reason)
+            with contextlib.suppress(Exception):
+                await self.bus.publish(self._event(failed, cause))
+            raise TransientError(f"revoking {account} failed; the sweeper retries it") from None
+        log.info("revoked %s", account, extra={"run_id": cause.event.run_id})
+
+    def _event(self, payload, cause: StoredEvent):
+        return new_event(
+            payload,
+            run_id=cause.event.run_id,
+            producer=self.producer,
+            actor=cause.event.actor,
+            project=cause.event.project,
+            cause=cause.event,
+            cause_data=cause.data,
+        )
+
+    async def sweep(self) -> list[str]:
+        """Revoke every account on the databases whose run ended or whose lease expired.
+
+        The databases say which accounts exist, the log says which should: this finds accounts
+        that a crash, a lost event or a failed revocation left behind, and keeps retrying them.
+        """
+        revoked = []
+        now = datetime.now(UTC)
+        for name, backend in self.backends.items():
+            try:
+                accounts = await backend.accounts()
+            except Exception as exc:
+                log.warning("sweep of %s skipped: %s", name, exc)
+                continue
+            for account in accounts:
+                run_id = account.removeprefix(ACCOUNT_PREFIX)
+                run = await self.bus.read_run(run_id)
+                issued = _first(run, "credentials.issued")
+                if issued is not None and issued.event.payload.database != name:
+                    continue
+                ended = next((s for s in run if s.event.type in TERMINAL_TYPES), None)
+                expired = issued is not None and issued.event.payload.expires_at <= now
+                # Issued but not yet in the log is normal for a few milliseconds; only an
+                # account older than any possible run is an orphan.
+                orphan = issued is None and _run_age_s(run_id, now) > self.orphan_after_s
+                if not (ended or expired or orphan):
+                    continue
+                cause = ended or issued or (run[-1] if run else None)
+                try:
+                    if cause is None:
+                        await backend.revoke(account)
+                    else:
+                        await self._revoke(backend, account, cause=cause)
+                except Exception as exc:
+                    log.warning("sweeper could not revoke %s yet: %s", account, exc)
+                    continue
+                revoked.append(account)
+                if issued is not None and _first(run, "credentials.revoked") is None:
+                    done = CredentialsRevoked(account=account, backend=backend.kind)
+                    await self.bus.publish(self._event(done, cause))
+                log.warning(
+                    "sweeper revoked %s (%s)",
+                    account,
+                    "run ended" if ended else "lease expired" if expired else "orphan",
+                    extra={"run_id": run_id},
+                )
+        return revoked
+
+    async def sweep_forever(self) -> None:
+        """Sweep at start-up and then every `sweep_interval_s`."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed; trying again next time")
+            await asyncio.sleep(self.settings.sweep_interval_s)
 
     async def close(self) -> None:
         """Close every backend's admin connections."""
@@ -150,6 +244,19 @@ def backend_settings(db: DatabaseConfig) -> PostgresSettings | MariaDBSettings:
     )
 
 
+def _first(run: list[StoredEvent], event_type: str) -> StoredEvent | None:
+    return next((s for s in run if s.event.type == event_type), None)
+
+
+def _run_age_s(run_id: str, now: datetime) -> float:
+    """Seconds since the run was created, from the time its id carries."""
+    try:
+        created_ms = int(run_id[1:12], 16)
+    except ValueError:
+        return float("inf")
+    return now.timestamp() - created_ms / 1000
+
+
 def _refusals(refused) -> str:
     if not refused:
         return ""
@@ -157,11 +264,19 @@ def _refusals(refused) -> str:
 
 
 async def setup(config: Config, bus: EventBus):
-    """Two consumers: issue before the run, revoke after it."""
+    """Two consumers (issue before the run, revoke after it) and the sweeper beside them."""
     if not config.credentials.executor_public_key:
         raise SystemExit("secd-credentials: credentials.executor_public_key is required")
     credentials = Credentials(config, bus)
+    sweeper = asyncio.create_task(credentials.sweep_forever())
+
+    async def cleanup() -> None:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await credentials.close()
+
     return (
         {"credentials": credentials.on_built, "credentials-revoke": credentials.on_ended},
-        credentials.close,
+        cleanup,
     )

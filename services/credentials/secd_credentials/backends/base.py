@@ -62,6 +62,10 @@ class Backend(Protocol):
         """Lock `account`, end its sessions and drop it; a no-op when it does not exist."""
         ...
 
+    async def accounts(self) -> list[str]:
+        """The accounts secd issued that still exist on the server."""
+        ...
+
     async def close(self) -> None:
         """Close the admin connections."""
         ...

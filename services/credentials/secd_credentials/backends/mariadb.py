@@ -18,7 +18,7 @@ import pymysql
 
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import mysql_native_hash
+from ..accounts import ACCOUNT_PATTERN, mysql_native_hash
 from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
 
 __all__ = ["ACCOUNT_HOST", "MariaDBBackend", "MariaDBSettings", "quote_ident"]
@@ -214,6 +214,19 @@ class MariaDBBackend:
                 reason = f"{table} is a {kind.lower()}, not a table, in database {database}"
                 refused.append(Refusal(name=table, reason=reason))
         return granted
+
+    async def accounts(self) -> list[str]:
+        """Every account secd issued on this server that still exists (for the sweeper)."""
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT DISTINCT User FROM mysql.user WHERE User LIKE 'secd\\_r%%'"
+                )
+                rows = await cur.fetchall()
+        except (pymysql.MySQLError, OSError) as exc:
+            raise BackendError(f"listing accounts failed: {type(exc).__name__}") from None
+        return sorted(r[0] for r in rows if ACCOUNT_PATTERN.fullmatch(r[0]))
 
     async def revoke(self, account: str) -> None:
         """Lock `account`, kill its connections, then drop it; every step is safe to repeat."""

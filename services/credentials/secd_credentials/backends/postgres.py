@@ -16,7 +16,7 @@ import msgspec
 
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import scram_sha256_verifier
+from ..accounts import ACCOUNT_PATTERN, scram_sha256_verifier
 from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
 
 __all__ = ["PostgresBackend", "PostgresSettings", "quote_ident"]
@@ -224,6 +224,17 @@ class PostgresBackend:
         )
         for row in memberships:
             await conn.execute(f"REVOKE {quote_ident(row['name'])} FROM {role}")
+
+    async def accounts(self) -> list[str]:
+        """Every account secd issued on this server that still exists (for the sweeper)."""
+        pool = await self._get_pool()
+        try:
+            rows = await pool.fetch(
+                "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname LIKE 'secd\\_r%'"
+            )
+        except _DB_ERRORS as exc:
+            raise BackendError(f"listing accounts failed: {type(exc).__name__}") from None
+        return sorted(r["rolname"] for r in rows if ACCOUNT_PATTERN.fullmatch(r["rolname"]))
 
     async def revoke(self, account: str) -> None:
         """Forbid login, end every session of `account`, drop what it owns, then drop it."""
