@@ -124,6 +124,30 @@ def _describe_run(run: dict) -> str:
     return "\n".join(lines)
 
 
+def _cmd_logs(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = _gateway_url(args)
+    url = f"{base}/runs/{args.run_id}/logs"
+    try:
+        # Following waits as long as the run lasts: no read timeout, but a connect timeout.
+        timeout = httpx.Timeout(10.0, read=None)
+        with httpx.stream("GET", url, params={"follow": args.follow}, timeout=timeout) as response:
+            if response.status_code == 404:
+                print(f"secd: no run {args.run_id}", file=sys.stderr)
+                return 1
+            response.raise_for_status()
+            for chunk in response.iter_raw():
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+    except httpx.HTTPError as exc:
+        print(f"secd: the gateway at {base} is not reachable ({exc})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def _cmd_audit_replay(args: argparse.Namespace) -> int:
     from secd.audit import replay
 
@@ -159,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=50)
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(func=_cmd_runs)
+
+    logs = sub.add_parser("logs", help="a run's job output; -f follows it while it runs")
+    logs.add_argument("run_id")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the run ends"
+    )
+    logs.add_argument("--gateway", help="gateway URL (default: from the state dir's secd.toml)")
+    logs.set_defaults(func=_cmd_logs)
 
     audit = sub.add_parser("audit", help="the security officer's view of the event log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

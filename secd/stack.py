@@ -247,7 +247,7 @@ class Stack:
         import nats
 
         from secd_shared.identities import BOOTSTRAP_USER
-        from secd_shared.stream import ensure_consumers, ensure_stream
+        from secd_shared.stream import ensure_consumers, ensure_log_stream, ensure_stream
 
         nc = await nats.connect(
             self.nats_url, user=BOOTSTRAP_USER, password=self.secret["nats"][BOOTSTRAP_USER]
@@ -256,6 +256,7 @@ class Stack:
             js = nc.jetstream()
             await ensure_stream(js)
             await ensure_consumers(js, ack_wait_s=self.ack_wait_s)
+            await ensure_log_stream(js)
         finally:
             await nc.close()
 

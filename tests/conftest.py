@@ -17,7 +17,7 @@ import pytest
 from secd_shared.bus import EventBus, connect
 from secd_shared.config import NatsConfig
 from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
-from secd_shared.stream import ensure_consumers, ensure_stream
+from secd_shared.stream import ensure_consumers, ensure_log_stream, ensure_stream
 
 
 def free_port() -> int:
@@ -82,5 +82,6 @@ async def admin_bus(nats_server) -> AsyncIterator[EventBus]:
     bus = await nats_server.bus(BOOTSTRAP_USER)
     await ensure_stream(bus.js)
     await ensure_consumers(bus.js, ack_wait_s=2.0, max_deliver=3)
+    await ensure_log_stream(bus.js)
     yield bus
     await bus.close()

@@ -27,7 +27,16 @@ from nats.js import JetStreamContext
 from secd_shared.config import NatsConfig
 from secd_shared.events import Event, decode_event, encode_event, subject_for
 
-__all__ = ["EventBus", "StoredEvent", "connect"]
+__all__ = ["LOG_STREAM", "EventBus", "StoredEvent", "connect", "log_subject"]
+
+# Job output: researcher data, kept apart from the audit log with a retention of its own.
+LOG_STREAM = "SECD_LOGS"
+
+
+def log_subject(run_id: str) -> str:
+    """The subject a run's job output is written to."""
+    return f"secd.log.{run_id}"
+
 
 log = logging.getLogger("secd.bus")
 
@@ -107,9 +116,14 @@ class EventBus:
         return data
 
     async def read(
-        self, subjects: str = "secd.run.>", *, start_seq: int = 1, batch: int = 512
+        self,
+        subjects: str = "secd.run.>",
+        *,
+        start_seq: int = 1,
+        batch: int = 512,
+        stream: str | None = None,
     ) -> AsyncIterator[StoredEvent]:
-        """Yield the stored events on `subjects` from `start_seq`, in log order."""
+        """Yield the stored messages on `subjects` from `start_seq`, in order (default: the log)."""
         seq = start_seq
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
@@ -117,7 +131,9 @@ class EventBus:
             while True:
                 request = {"seq": seq, "next_by_subj": subjects, "batch": batch}
                 await self.nc.publish(
-                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
+                    f"$JS.API.DIRECT.GET.{stream or self.stream}",
+                    json.dumps(request).encode(),
+                    reply=inbox,
                 )
                 last = None
                 pending = 0
@@ -144,6 +160,10 @@ class EventBus:
                 seq = last + 1
         finally:
             await sub.unsubscribe()
+
+    async def publish_log(self, run_id: str, chunk: bytes, *, timeout: float = 5.0) -> None:
+        """Append a chunk of a job's output to the job-log stream (not the audit log)."""
+        await self.js.publish(log_subject(run_id), chunk, timeout=timeout)
 
     async def read_run(self, run_id: str) -> list[StoredEvent]:
         """Every event of one run, in log order."""

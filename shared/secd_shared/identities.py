@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
 
 __all__ = ["BOOTSTRAP_USER", "CONSUMERS", "IDENTITIES", "Identity", "nats_server_config"]
@@ -24,6 +25,9 @@ class Identity:
     publishes: tuple[str, ...]
     consumers: tuple[str, ...] = ()
     reads_log: bool = False
+    # Job output lives in its own stream: the executor writes it, the gateway serves it.
+    writes_job_logs: bool = False
+    reads_job_logs: bool = False
 
 
 # Durable consumer name -> the event types it delivers.
@@ -37,7 +41,7 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
 }
 
 IDENTITIES: dict[str, Identity] = {
-    "gateway": Identity(publishes=("push.received",), reads_log=True),
+    "gateway": Identity(publishes=("push.received",), reads_log=True, reads_job_logs=True),
     "verifier": Identity(publishes=("push.verified", "run.rejected"), consumers=("verifier",)),
     "builder": Identity(publishes=("build.succeeded", "run.failed"), consumers=("builder",)),
     "credentials": Identity(
@@ -51,7 +55,9 @@ IDENTITIES: dict[str, Identity] = {
         reads_log=True,
     ),
     "executor": Identity(
-        publishes=("run.started", "run.finished", "run.failed"), consumers=("executor",)
+        publishes=("run.started", "run.finished", "run.failed"),
+        consumers=("executor",),
+        writes_job_logs=True,
     ),
     "publisher": Identity(
         publishes=("results.published",), consumers=("publisher",), reads_log=True
@@ -70,6 +76,10 @@ def _permissions(name: str, identity: Identity, stream: str) -> dict:
         ]
     if identity.reads_log:
         publish += [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.STREAM.INFO.{stream}"]
+    if identity.writes_job_logs:
+        publish.append("secd.log.*")
+    if identity.reads_job_logs:
+        publish.append(f"$JS.API.DIRECT.GET.{LOG_STREAM}")
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"_INBOX_{name}.>"]},

@@ -18,10 +18,17 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
 from secd_shared.identities import CONSUMERS
 
-__all__ = ["DUPLICATE_WINDOW_S", "ensure_consumers", "ensure_stream", "stream_config"]
+__all__ = [
+    "DUPLICATE_WINDOW_S",
+    "ensure_consumers",
+    "ensure_log_stream",
+    "ensure_stream",
+    "stream_config",
+]
 
 DUPLICATE_WINDOW_S = 10 * 60
 
@@ -51,6 +58,24 @@ async def ensure_stream(js: JetStreamContext, name: str = "SECD") -> None:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         await js.add_stream(stream_config(name))
+
+
+async def ensure_log_stream(js: JetStreamContext, *, max_age_days: float = 30) -> None:
+    """The job-log stream: researcher output, so apart from the audit log and not kept forever."""
+    try:
+        await js.stream_info(LOG_STREAM)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=LOG_STREAM,
+                subjects=["secd.log.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=max_age_days * 86400,
+                max_msg_size=256 * 1024,
+                allow_direct=True,
+            )
+        )
 
 
 async def ensure_consumers(

@@ -3,9 +3,11 @@ each in its own process, driven by `git push` to the embedded forge."""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -336,3 +338,33 @@ async def test_a_credentials_service_killed_mid_run_still_revokes_after_restart(
         assert await conn.fetchval(role, issued.account) == 0
     finally:
         await conn.close()
+
+
+CHATTY_JOB = """\
+import time
+
+print(f"first {time.time():.3f}", flush=True)
+time.sleep(3)
+print(f"second {time.time():.3f}", flush=True)
+"""
+
+
+async def test_secd_logs_follow_shows_lines_within_a_second(stack, repo):
+    head = repo.commit({"main.py": CHATTY_JOB, "secd.yml": "runfor: 0.05\n"})
+    repo.push()
+    run = await _run_of(stack, head, "run.started")
+    run_id = run[0].event.run_id
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "secd", "--state-dir", str(stack.state_dir), "logs", run_id, "-f",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    lines = []
+    while line := await asyncio.wait_for(follower.stdout.readline(), timeout=30):
+        lines.append((time.time(), line.decode().split()))
+    assert await follower.wait() == 0
+    printed = {words[0]: float(words[1]) for _, words in lines}
+    assert set(printed) == {"first", "second"}
+    for seen, words in lines:
+        assert seen - float(words[1]) < 1.0, (
+            f"{words[0]} arrived {seen - float(words[1]):.2f}s late"
+        )

@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from secd_executor.logship import LogShipper
 from secd_executor.relay import DatabaseRelay
 from secd_executor.sandbox import SandboxSpec, log_tail, run_sandboxed
 from secd_shared.bus import EventBus, StoredEvent
@@ -99,12 +100,17 @@ class Executor:
                 )
             )
 
+        # Like the output, the log of an earlier, interrupted attempt is not this run's log.
+        log_path.write_bytes(b"")
+        shipper = LogShipper(self.bus, event.run_id, log_path)
         await relay.start()
+        shipper.start()
         try:
             result = await run_sandboxed(sandbox, log_path, on_start=started)
         finally:
             # The account is revoked next; the relay goes first so no connection outlives the run.
             await relay.close()
+            await shipper.stop()
         common = {"output_path": str(output), "log_path": str(log_path)}
         if result.timed_out:
             raise PermanentError(

@@ -5,20 +5,20 @@ Anything malformed or unauthenticated gets a 4xx with a reason and leaves nothin
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from secd_shared.bus import EventBus
+from secd_shared.bus import LOG_STREAM, EventBus, log_subject
 from secd_shared.config import Config
-from secd_shared.events import PushReceived, new_event, new_run_id
+from secd_shared.events import TERMINAL_TYPES, PushReceived, new_event, new_run_id
 from secd_shared.forge import ForgeError, validate_repository_name
 from secd_shared.runs import fold_run, fold_runs
 from secd_shared.service import producer_for
@@ -63,11 +63,7 @@ def create_app(config: Config, bus: EventBus, token: str) -> FastAPI:
     producer = producer_for("gateway")
     limit = config.gateway.max_body_bytes
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-
-    app = FastAPI(title="secd gateway", version=producer.version, lifespan=lifespan)
+    app = FastAPI(title="secd gateway", version=producer.version)
 
     @app.post("/hooks/git", status_code=202)
     async def git_hook(request: Request) -> JSONResponse:
@@ -133,6 +129,28 @@ def create_app(config: Config, bus: EventBus, token: str) -> FastAPI:
         if not stored:
             raise HTTPException(404, "no such run")
         return fold_run(run_id, [s.event for s in stored]).as_dict()
+
+    @app.get("/runs/{run_id}/logs")
+    async def run_logs(run_id: str, follow: bool = False) -> StreamingResponse:
+        """The job's output; with follow=true it keeps streaming until the run has ended."""
+        if not _RUN_ID.match(run_id) or not await bus.read_run(run_id):
+            raise HTTPException(404, "no such run")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            seq = 1
+            while True:
+                # Read the end of the run first: output shipped before it is then all in.
+                ended = follow and any(
+                    s.event.type in TERMINAL_TYPES for s in await bus.read_run(run_id)
+                )
+                async for stored in bus.read(log_subject(run_id), start_seq=seq, stream=LOG_STREAM):
+                    seq = stored.seq + 1
+                    yield stored.data
+                if not follow or ended:
+                    return
+                await asyncio.sleep(0.2)
+
+        return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
