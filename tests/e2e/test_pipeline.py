@@ -368,3 +368,27 @@ async def test_secd_logs_follow_shows_lines_within_a_second(stack, repo):
         assert seen - float(words[1]) < 1.0, (
             f"{words[0]} arrived {seen - float(words[1]):.2f}s late"
         )
+
+
+async def test_secd_runs_lists_and_shows_runs(stack, repo):
+    head = repo.commit({"main.py": "print('hi')\n"}, sign=False)
+    repo.push()
+    run = await _run_of(stack, head, "results.published")
+    run_id = run[0].event.run_id
+
+    def secd(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "secd", "--state-dir", str(stack.state_dir), *args],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listing = secd("runs")
+    line = next(line for line in listing.splitlines() if line.startswith(run_id))
+    assert "published" in line and "rejected" in line and "is not signed" in line
+    shown = secd("runs", "show", run_id)
+    assert f"reason: commit {head[:7]} is not signed" in shown
+    assert f"results: branch secd/{run_id}" in shown
+    as_json = json.loads(secd("runs", "show", run_id, "--json"))
+    assert as_json["outcome"] == "rejected" and as_json["commit"] == head
