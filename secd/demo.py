@@ -240,7 +240,8 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
 
         view = fold_run(events[0].run_id, events)
         elapsed = time.monotonic() - t0
-        files = _git(bare, "ls-tree", "-r", "--name-only", view.branch or "HEAD").splitlines()
+        # What the run added on top of the pushed source.
+        files = view.files
         say(f"   {view.outcome}: results on branch {view.branch} after {elapsed:.2f} s")
         say("   stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in view.stages.items()))
         say(f"   granted: {', '.join(view.granted)}")

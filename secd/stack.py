@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
@@ -72,10 +72,14 @@ class Stack:
 
     state_dir: Path
     accounts: dict[str, str] = field(default_factory=dict)
-    ack_wait_s: float = 30.0
+    ack_wait_s: float | None = None
     databases: dict[str, dict] | None = None
     quiet: bool = True
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Settings merged into the config's sections (e.g. forge.kind = "gitlab" and its [gitlab]),
+    # and environment variables per service (secrets only the services that use them get).
+    extra_config: dict[str, dict] = field(default_factory=dict)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
@@ -121,10 +125,13 @@ class Stack:
                 "credentials": {"executor_public_key": public_file.read_text().strip()},
                 "executor": {"private_key_file": str(key_file)},
             }
-        config["nats"]["ack_wait_s"] = self.ack_wait_s
+        if self.ack_wait_s is not None:
+            config["nats"]["ack_wait_s"] = self.ack_wait_s
         config["forge"]["accounts"] = {**config["forge"].get("accounts", {}), **self.accounts}
         if self.databases is not None:
             config["credentials"]["databases"] = self.databases
+        for section, values in self.extra_config.items():
+            config.setdefault(section, {}).update(values)
         self.config_path.write_text(_toml(config))
         self.config = config
         port = int(config["nats"]["url"].rsplit(":", 1)[1])
@@ -167,7 +174,7 @@ class Stack:
         if not hasattr(self, "config"):
             self.prepare()
         await self._start_nats()
-        if not self.config["credentials"].get("databases"):
+        if self.secret.get("embedded_postgres") or not self.config["credentials"].get("databases"):
             await asyncio.to_thread(self._start_postgres)
         await self._bootstrap()
         for name in SERVICES:
@@ -231,6 +238,9 @@ class Stack:
             }
         }
         self.config_path.write_text(_toml(self.config))
+        if not self.secret.get("embedded_postgres"):
+            self.secret["embedded_postgres"] = True
+            _write_private(self.secrets_path, json.dumps(self.secret, indent=2))
 
     def postgres_admin_dsn(self) -> dict:
         """Connection arguments for the embedded PostgreSQL's admin (for seeding demo data)."""
@@ -255,7 +265,10 @@ class Stack:
         try:
             js = nc.jetstream()
             await ensure_stream(js)
-            await ensure_consumers(js, ack_wait_s=self.ack_wait_s)
+            nats = self.config["nats"]
+            await ensure_consumers(
+                js, ack_wait_s=nats.get("ack_wait_s", 30.0), max_deliver=nats.get("max_deliver", 5)
+            )
             await ensure_log_stream(js)
         finally:
             await nc.close()
@@ -264,6 +277,15 @@ class Stack:
         """The environment a service process starts with: config path, its identity, secrets."""
         keep = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONPATH", "UV_CACHE_DIR")
         env = {k: os.environ[k] for k in keep if k in os.environ}
+        for key, value in os.environ.items():
+            # The operator's SECD_* overrides reach the services (never SECD_NATS__*: each
+            # service has its own identity); the credentials section only its own service,
+            # and the package index settings only the builder.
+            if key.startswith("SECD_") and not key.startswith(("SECD_NATS__", "SECD_CONFIG")):
+                if name == "credentials" or not key.startswith("SECD_CREDENTIALS__"):
+                    env[key] = value
+            elif key.startswith("UV_") and name == "builder":
+                env[key] = value
         env["SECD_CONFIG"] = str(self.config_path)
         env.update(self.credentials_for(name))
         if name == "credentials":
@@ -271,6 +293,7 @@ class Stack:
                 if db_name == "sensitive" and self._pg is not None:
                     key = f"SECD_CREDENTIALS__DATABASES__{db_name.upper()}__PASSWORD"
                     env[key] = self.secret["postgres"]
+        env.update(self.extra_env.get(name, {}))
         return env
 
     def start_service(self, name: str) -> subprocess.Popen:

@@ -165,6 +165,16 @@ class EventBus:
         """Append a chunk of a job's output to the job-log stream (not the audit log)."""
         await self.js.publish(log_subject(run_id), chunk, timeout=timeout)
 
+    async def last(self, subject: str, *, stream: str | None = None) -> bytes | None:
+        """The data of the last message on `subject`, or None (direct get, read-only)."""
+        request = json.dumps({"last_by_subj": subject}).encode()
+        msg = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{stream or self.stream}", request, timeout=5.0
+        )
+        if (msg.headers or {}).get("Status"):
+            return None
+        return msg.data
+
     async def read_run(self, run_id: str) -> list[StoredEvent]:
         """Every event of one run, in log order."""
         return [stored async for stored in self.read(f"secd.run.{run_id}.>")]

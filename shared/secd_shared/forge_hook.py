@@ -56,7 +56,10 @@ def main(argv: list[str]) -> int:
             continue
         if "run_id" in answer:
             run = answer["run_id"]
-            print(f"secd: run {run} started for {ref}; follow it with `secd runs show {run}`")
+            print(
+                f"secd: run {run} started for {ref}; follow it with "
+                f"`secd runs show {run} --gateway {url}` or `secd logs {run} -f --gateway {url}`"
+            )
         else:
             print(f"secd: {ref}: {answer.get('detail', 'ignored')}")
     return status

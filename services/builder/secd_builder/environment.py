@@ -203,7 +203,8 @@ def _uv_env(envs_dir: Path) -> dict[str, str]:
     env["UV_NO_PROGRESS"] = "1"
     env.setdefault("UV_PYTHON_DOWNLOADS", "never")
     # Sites put their own CA in the system store (and often proxy the index); trust that store.
-    env.setdefault("UV_NATIVE_TLS", "1")
+    if "UV_NATIVE_TLS" not in env:
+        env.setdefault("UV_SYSTEM_CERTS", "1")
     return env
 
 

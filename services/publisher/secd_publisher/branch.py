@@ -136,7 +136,7 @@ def publish_branch(
     *,
     author: tuple[str, str] = ("secd", "secd@localhost"),
 ) -> str:
-    """Create branch `branch` with `files` on top of `parent`; returns its commit, idempotently."""
+    """Create branch `branch`: `parent`'s tree plus `files`; returns its commit, idempotently."""
     _check_branch(branch)
     paths = list(files)
     _check_paths(paths)
@@ -162,11 +162,16 @@ def publish_branch(
         entries.append(f"100644 {sha}\t{path}".encode() + b"\0")
     with tempfile.TemporaryDirectory(prefix="secd-publish-") as scratch:
         index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        if parent_sha is not None:
+            # On top of the pushed tree: merging the results branch adds the results and keeps
+            # the researcher's source (a results-only tree would delete it on a fast-forward).
+            _git(repo, "read-tree", parent_sha, env=index)
         if entries:
             _git(
                 repo,
                 "update-index",
                 "--add",
+                "--replace",
                 "-z",
                 "--index-info",
                 env=index,
