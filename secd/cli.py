@@ -148,6 +148,12 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from secd.init import init_project
+
+    return init_project(Path(args.directory))
+
+
 def _cmd_audit_replay(args: argparse.Namespace) -> int:
     from secd.audit import replay
 
@@ -198,11 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--run", help="only this run")
     replay.add_argument("--json", action="store_true", help="JSON lines, one stored event each")
     replay.set_defaults(func=_cmd_audit_replay)
+
+    init = sub.add_parser(
+        "init", help="start a project: secd.yml, an example job, .gitignore; check git signing"
+    )
+    init.add_argument("directory", nargs="?", default=".", help="where (default: here)")
+    init.set_defaults(func=_cmd_init)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `secd` command."""
+    # `secd audit replay --json | head` ends quietly, as other commands in a pipe do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     if args.command == "demo" and "--state-dir" not in (argv or sys.argv):
         args.state_dir = ".secd-demo"
