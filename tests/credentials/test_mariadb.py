@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -313,3 +314,67 @@ async def test_unreachable_server_is_a_backend_error(tmp_path) -> None:
         await backend.issue("secd_x", "pw", [], expires_at=expiry())
     assert "hunter2" not in str(excinfo.value)
     await backend.close()
+
+
+# ---------------------------------------------------------------- least privilege
+
+
+async def test_catalogue_shows_exactly_the_grants(issued: Issued, my_env: DbEnv) -> None:
+    grantee = f"'{issued.account}'@'localhost'"
+    admin = await my_admin()
+    try:
+        assert await my_query(
+            admin,
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s",
+            [grantee],
+        ) == [("USAGE",)]
+        for table in ("SCHEMA_PRIVILEGES", "COLUMN_PRIVILEGES"):
+            sql = f"SELECT * FROM information_schema.{table} WHERE GRANTEE = %s"  # noqa: S608
+            assert await my_query(admin, sql, [grantee]) == [], table
+        rows = await my_query(
+            admin,
+            "SELECT TABLE_SCHEMA, TABLE_NAME, PRIVILEGE_TYPE, IS_GRANTABLE"
+            " FROM information_schema.TABLE_PRIVILEGES WHERE GRANTEE = %s",
+            [grantee],
+        )
+        assert sorted(rows) == [
+            (my_env.database, "patient_names", "SELECT", "NO"),
+            (my_env.database, "patients", "SELECT", "NO"),
+        ]
+        # Bound to the socket's host only: no other host's account of that name exists.
+        assert await my_query(
+            admin, "SELECT Host FROM mysql.global_priv WHERE User = %s", [issued.account]
+        ) == [("localhost",)]
+    finally:
+        admin.close()
+
+
+async def test_a_grant_to_public_stops_the_issue(my_env: DbEnv, my_backend: MariaDBBackend) -> None:
+    db = my_env.database
+    admin = await my_admin()
+    account = my_env.new_account()
+    try:
+        for grant, named in (
+            (f"GRANT SELECT ON `{db}`.`secrets` TO PUBLIC", f"SELECT on {db}.secrets"),
+            (f"GRANT SELECT (code) ON `{db}`.`secrets` TO PUBLIC", f"SELECT on {db}.secrets.code"),
+            (f"GRANT INSERT ON `{db}`.* TO PUBLIC", f"INSERT on {db}.*"),
+        ):
+            try:
+                await my_query(admin, grant)
+            except pymysql.err.ProgrammingError:
+                pytest.skip("this server has no PUBLIC (MariaDB 10.11 added it)")
+            try:
+                with pytest.raises(BackendError, match=re.escape(named)):
+                    await my_backend.issue(
+                        account, new_password(), ["patients"], expires_at=expiry()
+                    )
+            finally:
+                await my_query(admin, grant.replace("GRANT", "REVOKE").replace(" TO ", " FROM "))
+            assert await my_query(
+                admin, "SELECT count(*) FROM mysql.global_priv WHERE User = %s", [account]
+            ) == [(0,)]
+        result = await my_backend.issue(account, new_password(), ["patients"], expires_at=expiry())
+        assert result.granted == ["patients"]
+    finally:
+        admin.close()
+    await my_backend.revoke(account)

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from secd_credentials.accounts import new_password
 from secd_credentials.backends import BackendError, IssueResult, PostgresBackend
 from secd_credentials.backends import postgres as postgres_module
 
-from .conftest import PATIENTS, DbEnv, pg_admin, pg_connect_as
+from .conftest import PATIENTS, PG_HOST, PG_PORT, PG_USER, DbEnv, pg_admin, pg_connect_as
 
 # Errors a dead connection may surface as, depending on when asyncpg notices.
 DEAD = (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, OSError)
@@ -169,7 +170,7 @@ async def test_role_catalogue_entry(issued: Issued, pg_env: DbEnv) -> None:
             assert role[attribute] is False, attribute
         assert await admin.fetchval(
             "SELECT setconfig FROM pg_db_role_setting WHERE setrole = $1", role["oid"]
-        ) == ["statement_timeout=7000"]
+        ) == ["statement_timeout=7000", "idle_in_transaction_session_timeout=900000"]
         assert not await admin.fetch("SELECT 1 FROM pg_auth_members WHERE member = $1", role["oid"])
         grants = await admin.fetch(
             "SELECT table_schema, table_name, privilege_type"
@@ -263,9 +264,9 @@ async def test_issue_again_is_idempotent_and_resets(
         assert (role["rolconnlimit"], role["rolvaliduntil"]) == (4, later)
         assert _verifier_matches(role["rolpassword"], password)
         assert not _verifier_matches(role["rolpassword"], first_password)
-        assert not await admin.fetchval(
+        assert await admin.fetchval(
             "SELECT setconfig FROM pg_db_role_setting WHERE setrole = $1", role["oid"]
-        )
+        ) == ["idle_in_transaction_session_timeout=900000"]
     finally:
         await admin.close()
     conn = await pg_connect_as(account, password, pg_env.database)
@@ -373,3 +374,164 @@ async def test_unreachable_server_is_a_backend_error() -> None:
         await backend.issue("secd_x", "pw", [], expires_at=expiry())
     assert "hunter2" not in str(excinfo.value)
     await backend.close()
+
+
+# ---------------------------------------------------------------- least privilege
+
+
+async def test_public_defaults_are_taken_away(issued: Issued, pg_env: DbEnv) -> None:
+    admin = await pg_admin(pg_env.database)
+    try:
+        rows = await admin.fetch(
+            "SELECT r.who,"
+            " has_database_privilege(r.who, current_database(), 'CONNECT') AS connect,"
+            " has_database_privilege(r.who, current_database(), 'TEMPORARY') AS temp,"
+            " has_database_privilege(r.who, current_database(), 'CREATE') AS db_create,"
+            " has_schema_privilege(r.who, 'public', 'CREATE') AS schema_create,"
+            " has_function_privilege(r.who, 'pg_catalog.lo_create(oid)', 'EXECUTE') AS lo"
+            " FROM unnest(ARRAY['public', $1]) AS r(who)",
+            issued.account,
+        )
+        found = {row["who"]: dict(row) for row in rows}
+        assert found["public"] == {
+            "who": "public",
+            "connect": False,
+            "temp": False,
+            "db_create": False,
+            "schema_create": False,
+            "lo": False,
+        }
+        # The account holds CONNECT of its own, and nothing else at database level.
+        assert found[issued.account] == found["public"] | {"who": issued.account, "connect": True}
+        # Table by table: SELECT on what was granted, nothing on the rest, no writes anywhere.
+        matrix = await admin.fetch(
+            "SELECT c.relname::text AS name,"
+            " has_table_privilege($1, c.oid, 'SELECT') AS can_read,"
+            " has_table_privilege($1, c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')"
+            " AS can_write"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname IN ('public', 'hidden') AND c.relkind IN ('r', 'v', 'S')"
+            " ORDER BY 1",
+            issued.account,
+        )
+        assert {row["name"]: (row["can_read"], row["can_write"]) for row in matrix} == {
+            "Mixed": (False, False),
+            "counter": (False, False),
+            "hidden_tbl": (False, False),
+            "patient_names": (True, False),
+            "patients": (True, False),
+            "secrets": (False, False),
+        }
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TEMP TABLE scratch (id int)",
+        "SELECT lo_create(0)",
+        "SELECT lo_from_bytea(0, 'x')",
+    ],
+)
+async def test_account_cannot_write_through_public_defaults(
+    as_account: asyncpg.Connection, sql: str
+) -> None:
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await as_account.execute(sql)
+
+
+async def test_other_databases_open_to_public_are_reported(
+    issued: Issued, pg_env: DbEnv, pg_backend: PostgresBackend
+) -> None:
+    # The fresh "other" database still lets PUBLIC connect: reported, never silently assumed.
+    assert pg_env.other_database in pg_backend.open_databases
+    assert pg_env.database not in pg_backend.open_databases
+
+
+async def test_a_grant_to_public_stops_the_issue(
+    pg_env: DbEnv, pg_backend: PostgresBackend
+) -> None:
+    admin = await pg_admin(pg_env.database)
+    account = pg_env.new_account()
+    try:
+        for grant, named in (
+            ("GRANT SELECT ON secrets TO PUBLIC", "public.secrets"),
+            ("GRANT SELECT (code) ON secrets TO PUBLIC", "public.secrets"),
+            ("GRANT INSERT ON patients TO PUBLIC", "public.patients"),
+            ("GRANT USAGE ON SEQUENCE counter TO PUBLIC", "public.counter"),
+            ("GRANT TEMPORARY ON DATABASE {db} TO PUBLIC", f"database {pg_env.database}"),
+        ):
+            await admin.execute(grant.format(db=f'"{pg_env.database}"'))
+            try:
+                with pytest.raises(BackendError, match=f"{account}.*{re.escape(named)}"):
+                    await pg_backend.issue(
+                        account, new_password(), ["patients"], expires_at=expiry()
+                    )
+            finally:
+                await admin.execute(
+                    grant.format(db=f'"{pg_env.database}"')
+                    .replace("GRANT", "REVOKE")
+                    .replace(" TO ", " FROM ")
+                )
+            # The issue was one transaction: nothing of the role remains.
+            assert not await admin.fetchval(
+                "SELECT count(*) FROM pg_roles WHERE rolname = $1", account
+            )
+        # With PUBLIC's grants gone the same issue goes through.
+        result = await pg_backend.issue(account, new_password(), ["patients"], expires_at=expiry())
+        assert result.granted == ["patients"]
+    finally:
+        await admin.close()
+    await pg_backend.revoke(account)
+
+
+async def test_idle_in_transaction_is_cut_off(pg_env: DbEnv) -> None:
+    backend = PostgresBackend(
+        postgres_module.PostgresSettings(
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            database=pg_env.database,
+            idle_in_transaction_timeout_s=1,
+        )
+    )
+    account, password = pg_env.new_account(), new_password()
+    try:
+        await backend.issue(account, password, ["patients"], expires_at=expiry())
+        conn = await pg_connect_as(account, password, pg_env.database)
+        try:
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1s"
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.fetch("SELECT * FROM patients")
+            await asyncio.sleep(1.5)
+            with pytest.raises(DEAD):
+                await conn.fetch("SELECT * FROM patients")
+        finally:
+            conn.terminate()
+        await backend.revoke(account)
+    finally:
+        await backend.close()
+
+
+async def test_hardening_needs_the_database_owner(pg_env: DbEnv) -> None:
+    admin = await pg_admin()
+    weak = f"secdtest_weak_{secrets.token_hex(4)}"
+    await admin.execute(f'CREATE ROLE "{weak}" LOGIN')
+    await admin.execute(f'GRANT CONNECT ON DATABASE "{pg_env.database}" TO "{weak}"')
+    backend = PostgresBackend(
+        postgres_module.PostgresSettings(
+            host=PG_HOST, port=PG_PORT, user=weak, database=pg_env.database
+        )
+    )
+    try:
+        with pytest.raises(BackendError, match="connect as its owner or a superuser"):
+            await backend.issue(
+                pg_env.new_account(), new_password(), ["patients"], expires_at=expiry()
+            )
+    finally:
+        await backend.close()
+        await admin.execute(f'REVOKE ALL ON DATABASE "{pg_env.database}" FROM "{weak}"')
+        await admin.execute(f'DROP ROLE "{weak}"')
+        await admin.close()

@@ -303,7 +303,13 @@ def test_log_tail(tmp_path: Path) -> None:
 async def test_forwarder_reaches_postgres_through_the_relay(
     jobs: Jobs, postgres: tuple[str, int], tmp_path: Path
 ) -> None:
-    relay = DatabaseRelay(tmp_path / "relay" / "db.sock", host=postgres[0], port=postgres[1])
+    relay = DatabaseRelay(
+        tmp_path / "relay" / "db.sock",
+        account="postgres",
+        kind="postgres",
+        host=postgres[0],
+        port=postgres[1],
+    )
     await relay.start()
     spec = jobs.spec(
         PG_CLIENT_SOURCE

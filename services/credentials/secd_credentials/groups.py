@@ -24,7 +24,13 @@ __all__ = [
 ]
 
 # Backend names as they appear in group names, mapped to the backend kind that serves them.
-BACKENDS: dict[str, str] = {"postgres": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+BACKENDS: dict[str, str] = {
+    "postgres": "postgres",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    # For neo4j the "table" of a group is a node label, checked by the same rules.
+    "neo4j": "neo4j",
+}
 TABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_TABLE_LENGTH = 64
 NOT_A_GRANT_GROUP = "not a secd grant group (<backend>-<table>-read)"

@@ -1,6 +1,10 @@
 """MariaDB (and MySQL-compatible servers): one 'localhost' user per run, SELECT on granted tables.
 
 Accounts are bound to host 'localhost', so jobs reach them only through the server's Unix socket.
+Each has a connection limit (MAX_USER_CONNECTIONS) and a statement time limit
+(MAX_STATEMENT_TIME), and SELECT on its granted tables only. MariaDB 10.11 added grants to
+PUBLIC, which every account inherits: an issue is refused while PUBLIC holds anything on the
+database (or globally), so an account never gets more than the tables it lists.
 Account-management statements cannot take bind parameters; they only hold identifiers that were
 validated and then quoted, integers, and the native-password hash secd computed itself.
 """
@@ -29,6 +33,21 @@ ACCOUNT_HOST = "localhost"
 _READABLE = {"BASE TABLE", "VIEW", "SYSTEM VERSIONED"}
 _NATIVE_HASH = re.compile(r"\*[0-9A-F]{40}")
 _ER_NO_SUCH_THREAD = 1094
+_PUBLIC = "'PUBLIC'@''"
+# What PUBLIC holds globally, on the database (grants may use LIKE patterns), or on its tables.
+_PUBLIC_GRANTS = (
+    "SELECT '*.*', PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES"
+    " WHERE GRANTEE = %(public)s AND PRIVILEGE_TYPE <> 'USAGE'"
+    " UNION ALL SELECT CONCAT(TABLE_SCHEMA, '.*'), PRIVILEGE_TYPE"
+    " FROM information_schema.SCHEMA_PRIVILEGES"
+    " WHERE GRANTEE = %(public)s AND %(db)s LIKE TABLE_SCHEMA"
+    " UNION ALL SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME), PRIVILEGE_TYPE"
+    " FROM information_schema.TABLE_PRIVILEGES"
+    " WHERE GRANTEE = %(public)s AND TABLE_SCHEMA = %(db)s"
+    " UNION ALL SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME, '.', COLUMN_NAME), PRIVILEGE_TYPE"
+    " FROM information_schema.COLUMN_PRIVILEGES"
+    " WHERE GRANTEE = %(public)s AND TABLE_SCHEMA = %(db)s"
+)
 _KILL_WAIT_S = 5.0
 
 
@@ -161,6 +180,7 @@ class MariaDBBackend:
         pool = await self._get_pool()
         try:
             async with pool.acquire() as conn, conn.cursor(_QuietCursor) as cur:
+                await self._refuse_public_grants(cur, database)
                 granted = await self._existing_tables(cur, database, wanted, refused)
                 # Created locked: a fresh or half-reset account cannot be used until the last
                 # statement below has set its grants, password and limits together.
@@ -187,6 +207,19 @@ class MariaDBBackend:
             extra={"account": account, "granted": granted, "refused": len(refused)},
         )
         return IssueResult(granted=granted, refused=refused)
+
+    @staticmethod
+    async def _refuse_public_grants(cur: aiomysql.Cursor, database: str) -> None:
+        # Seen only when the admin may read the grant tables (root can); see docs/operator.md.
+        await cur.execute(_PUBLIC_GRANTS, {"public": _PUBLIC, "db": database})
+        rows = await cur.fetchall()
+        if rows:
+            what = ", ".join(f"{privilege} on {target}" for target, privilege in rows[:10])
+            raise BackendError(
+                f"MariaDB grants PUBLIC {what}, which every account inherits; revoke it"
+                " (REVOKE ... FROM PUBLIC) before secd issues accounts on database"
+                f" {database}"
+            )
 
     @staticmethod
     async def _existing_tables(
@@ -266,4 +299,4 @@ class MariaDBBackend:
                     raise
             if loop.time() > deadline:
                 raise BackendError(f"connections of {account} did not end in {_KILL_WAIT_S}s")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)

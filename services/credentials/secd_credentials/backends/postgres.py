@@ -1,5 +1,12 @@
 """PostgreSQL: a NOINHERIT login role per run, SELECT on granted tables of schema public.
 
+Least privilege: before its first issue the backend takes PUBLIC's default CONNECT and TEMPORARY
+on its database, CREATE on schema public and large-object creation away (see `harden`), so a
+run's role holds CONNECT, USAGE on public and SELECT on its tables, nothing else; every issue checks
+that with the server's own privilege functions before committing. Other databases of the server
+that still let PUBLIC connect are reported once (`open_databases`); jobs reach only the run's
+database anyway, because the executor's relay admits no other.
+
 Utility statements (CREATE/ALTER/DROP ROLE, GRANT) cannot take bind parameters, so they only ever
 hold identifiers that were validated and then quoted, integers, and literals secd made itself.
 """
@@ -30,6 +37,37 @@ _KINDS = {"S": "sequence", "i": "index", "I": "index", "c": "type", "f": "foreig
 _VERIFIER = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 _TERMINATE_WAIT_S = 5.0
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# Large objects are storage any role may create by default: a write path into the database.
+_LARGE_OBJECT_CREATORS = (
+    "pg_catalog.lo_creat(integer)",
+    "pg_catalog.lo_create(oid)",
+    "pg_catalog.lo_from_bytea(oid, bytea)",
+    "pg_catalog.lo_import(text)",
+    "pg_catalog.lo_import(text, oid)",
+)
+# What a role can do beyond SELECT on the granted tables of schema public ($2, $3): other
+# relations, any write, CREATE on a schema, CREATE or TEMPORARY on the database.
+_EXTRA_PRIVILEGES = """
+SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind::text AS kind
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND has_schema_privilege($1, n.oid, 'USAGE')
+  AND CASE WHEN c.relkind = 'S'
+        THEN has_sequence_privilege($1, c.oid, 'USAGE,SELECT,UPDATE')
+      WHEN c.relkind IN ('r', 'p', 'v', 'm', 'f')
+        THEN has_table_privilege($1, c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')
+          OR (has_any_column_privilege($1, c.oid, 'SELECT')
+              AND NOT (n.nspname = $2 AND c.relname = ANY($3::text[])))
+      ELSE false END
+UNION ALL
+SELECT NULL, n.nspname::text, 'schema' FROM pg_catalog.pg_namespace n
+WHERE has_schema_privilege($1, n.oid, 'CREATE')
+UNION ALL
+SELECT NULL, current_database()::text, 'database'
+WHERE has_database_privilege($1, current_database(), 'CREATE,TEMPORARY')
+ORDER BY 1, 2
+"""
 
 
 class PostgresSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -41,6 +79,8 @@ class PostgresSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     user: str = "postgres"
     password: str | None = None
     socket_dir: str | None = None
+    # A job may hold a snapshot open between fetches, but not for so long that it blocks vacuum.
+    idle_in_transaction_timeout_s: int = 900
 
     def __repr__(self) -> str:
         """Everything but the password."""
@@ -77,6 +117,8 @@ class PostgresBackend:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        self.open_databases: list[str] = []
+        self._hardened = False
 
     def address(self) -> DatabaseAddress:
         """Host/port, and the socket file when a socket directory is configured."""
@@ -107,6 +149,64 @@ class PostgresBackend:
                         + redact(str(exc), s.password or "")
                     ) from None
             return self._pool
+
+    async def _hardened_pool(self) -> asyncpg.Pool:
+        # Only issuing needs it: revocation and the sweeper must work even where it fails.
+        pool = await self._get_pool()
+        async with self._lock:
+            if not self._hardened:
+                await self.harden(pool)
+                self._hardened = True
+        return pool
+
+    async def harden(self, pool: asyncpg.Pool) -> None:
+        """Take PUBLIC's defaults away on this database; note other databases PUBLIC may enter.
+
+        Changes the database's grants for every role, which is what a database reserved for
+        sensitive data wants: other roles that should connect need their own CONNECT grant.
+        Every statement is idempotent, and it runs once per backend, before its first issue.
+        """
+        database = quote_ident(self.settings.database)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {database} FROM PUBLIC")
+                # Already so on PostgreSQL 15 and later; older servers let PUBLIC create here.
+                await conn.execute(f"REVOKE CREATE ON SCHEMA {quote_ident(SCHEMA)} FROM PUBLIC")
+                functions = ", ".join(_LARGE_OBJECT_CREATORS)
+                await conn.execute(f"REVOKE EXECUTE ON FUNCTION {functions} FROM PUBLIC")
+                # A REVOKE by a role without the grant only warns: check what PUBLIC holds now.
+                left = await conn.fetchval(
+                    "SELECT has_database_privilege('public', current_database(), 'CONNECT')"
+                    " OR has_database_privilege('public', current_database(), 'TEMPORARY')"
+                    " OR has_schema_privilege('public', $1, 'CREATE')"
+                    " OR bool_or(has_function_privilege('public', f::regprocedure, 'EXECUTE'))"
+                    " FROM unnest($2::text[]) AS f",
+                    SCHEMA,
+                    list(_LARGE_OBJECT_CREATORS),
+                )
+                if left:
+                    raise asyncpg.InsufficientPrivilegeError("PUBLIC kept some of its privileges")
+                rows = await conn.fetch(
+                    "SELECT datname::text AS name FROM pg_catalog.pg_database"
+                    " WHERE datallowconn AND datname <> current_database()"
+                    " AND has_database_privilege('public', oid, 'CONNECT') ORDER BY 1"
+                )
+        except _DB_ERRORS as exc:
+            raise BackendError(
+                f"cannot take PUBLIC's default privileges away on PostgreSQL database"
+                f" {self.settings.database!r} ({type(exc).__name__}: {exc}); connect as its owner"
+                " or a superuser"
+            ) from None
+        self.open_databases = [row["name"] for row in rows]
+        if self.open_databases:
+            log.warning(
+                "PostgreSQL databases %s let every role connect (PUBLIC CONNECT); jobs reach only"
+                " %s through the executor's relay, but anything else that reaches the server as a"
+                " run's account could read their catalogues: REVOKE CONNECT ON DATABASE ... FROM"
+                " PUBLIC on each",
+                ", ".join(self.open_databases),
+                self.settings.database,
+            )
 
     async def close(self) -> None:
         """Close the admin pool, if it was opened."""
@@ -140,7 +240,7 @@ class PostgresBackend:
         valid_until = expires_at.astimezone(UTC).isoformat()
         role = quote_ident(account)
         database = self.settings.database
-        pool = await self._get_pool()
+        pool = await self._hardened_pool()
         try:
             async with pool.acquire() as conn, conn.transaction():
                 # One transaction: a crash part-way leaves no half-made role behind.
@@ -197,11 +297,16 @@ class PostgresBackend:
                 else:
                     milliseconds = int(statement_timeout_s) * 1000
                     await conn.execute(f"ALTER ROLE {role} SET statement_timeout = {milliseconds}")
+                idle_ms = int(self.settings.idle_in_transaction_timeout_s) * 1000
+                await conn.execute(
+                    f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = {idle_ms}"
+                )
                 await conn.execute(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {role}")
                 await conn.execute(f"GRANT USAGE ON SCHEMA {quote_ident(SCHEMA)} TO {role}")
                 for table in granted:
                     target = f"{quote_ident(SCHEMA)}.{quote_ident(table)}"
                     await conn.execute(f"GRANT SELECT ON TABLE {target} TO {role}")
+                await self._check_exact(conn, account, granted)
         except _DB_ERRORS as exc:
             raise BackendError(
                 f"issuing {account} failed: {type(exc).__name__}: "
@@ -212,6 +317,25 @@ class PostgresBackend:
             extra={"account": account, "granted": granted, "refused": len(refused)},
         )
         return IssueResult(granted=granted, refused=refused)
+
+    async def _check_exact(
+        self, conn: asyncpg.Connection, account: str, granted: list[str]
+    ) -> None:
+        # The server's own privilege functions, PUBLIC's grants included, must show nothing
+        # beyond SELECT on `granted`; raising rolls the whole issue back.
+        extra = await conn.fetch(_EXTRA_PRIVILEGES, account, SCHEMA, granted)
+        if not extra:
+            return
+        what = ", ".join(
+            f"{row['kind']} {row['name']}"
+            if row["schema"] is None
+            else f"{row['schema']}.{row['name']}"
+            for row in extra[:10]
+        )
+        raise BackendError(
+            f"database {self.settings.database} would let {account} do more than read its"
+            f" granted tables ({what}) through grants to PUBLIC; revoke those grants"
+        )
 
     async def _reset_privileges(self, conn: asyncpg.Connection, account: str, oid: int) -> None:
         # A retry must end with exactly this issue's grants, whatever an earlier try left.
@@ -280,4 +404,4 @@ class PostgresBackend:
                 "SELECT pg_catalog.pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
                 [row["pid"] for row in pids],
             )
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
