@@ -19,7 +19,20 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["GpgKey", "add_signing_subkey", "git_env", "make_key", "stop_agent"]
+__all__ = [
+    "GpgKey",
+    "add_signing_subkey",
+    "add_subkey",
+    "at_time",
+    "change_usage",
+    "clone_home",
+    "git_env",
+    "make_key",
+    "revoke_key",
+    "revoke_subkey",
+    "set_expiry",
+    "stop_agent",
+]
 
 # Without /run/user, gpg-agent puts its sockets in GNUPGHOME, and a socket path is limited to
 # 107 bytes: leave room for "/gnupg-XXXXXXXX/S.gpg-agent.browser".
@@ -36,6 +49,7 @@ class GpgKey:
     name: str
     email: str
     signing_key: str  # what git passes to gpg -u: the primary, or "<subkey fpr>!" to force a subkey
+    gpg_program: str = "gpg"  # what git runs to sign (at_time() puts a faked clock in front)
 
     @property
     def env(self) -> dict[str, str]:
@@ -95,7 +109,7 @@ def git_env(key: GpgKey, **extra: str) -> dict[str, str]:
         "user.name": key.name,
         "user.email": key.email,
         "user.signingkey": key.signing_key,
-        "gpg.program": "gpg",
+        "gpg.program": key.gpg_program,
         "gpg.format": "openpgp",
         "init.defaultBranch": "main",
     }
@@ -120,3 +134,104 @@ def stop_agent(key: GpgKey) -> None:
     )
     if key.home.parent.name.startswith("secd-gnupg-"):
         shutil.rmtree(key.home.parent, ignore_errors=True)
+
+
+def _when(faked_time: str | None) -> list[str]:
+    return ["--faked-system-time", f"{faked_time}!", "--ignore-time-conflict"] if faked_time else []
+
+
+def _export(key: GpgKey) -> GpgKey:
+    return replace(key, public_armor=_gpg(key.home, "--armor", "--export", key.fingerprint))
+
+
+def add_subkey(
+    key: GpgKey,
+    usage: str = "sign",
+    *,
+    algo: str = "ed25519",
+    expire: str = "never",
+    faked_time: str | None = None,
+) -> tuple[GpgKey, str]:
+    """Add a subkey (gpg's usage: sign, auth, encr; cv25519 for encr); returns the key and its fingerprint.
+
+    A signing subkey is what the returned key signs with; for other usages it keeps signing as before.
+    """  # noqa: E501
+    _gpg(key.home, *_when(faked_time), "--quick-add-key", key.fingerprint, algo, usage, expire)
+    subkey = _fingerprints(key.home, key.fingerprint)[-1]
+    updated = _export(key)
+    if usage == "sign":
+        updated = replace(updated, signing_key=f"{subkey}!")
+    return updated, subkey
+
+
+def set_expiry(
+    key: GpgKey, expire: str, *, subkey: str | None = None, faked_time: str | None = None
+) -> GpgKey:
+    """Change when the key (or one subkey) expires, as of `faked_time` if given ("never", "1d", ...)."""  # noqa: E501
+    _gpg(
+        key.home, *_when(faked_time), "--quick-set-expire", key.fingerprint, expire,
+        *([subkey] if subkey else []),
+    )  # fmt: skip
+    return _export(key)
+
+
+def revoke_key(key: GpgKey) -> GpgKey:
+    """Revoke the whole key with the revocation certificate gpg made at generation."""
+    certificate = (key.home / "openpgp-revocs.d" / f"{key.fingerprint}.rev").read_text()
+    # gpg prefixes the armor line with ':' so the file cannot be imported by accident.
+    certificate = certificate.replace(
+        ":-----BEGIN PGP PUBLIC KEY BLOCK-----", "-----BEGIN PGP PUBLIC KEY BLOCK-----"
+    )
+    subprocess.run(
+        ["gpg", "--batch", "--quiet", "--import"], input=certificate.encode(),
+        env=key.env, capture_output=True, check=True,
+    )  # fmt: skip
+    return _export(key)
+
+
+def _edit(key: GpgKey, commands: list[str], *, expert: bool = False) -> None:
+    done = subprocess.run(
+        [
+            "gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+            *(["--expert"] if expert else []), "--command-fd", "0", "--status-fd", "2",
+            "--edit-key", key.fingerprint,
+        ],
+        input="".join(f"{line}\n" for line in commands).encode(),
+        env=key.env, capture_output=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"gpg --edit-key failed: {done.stderr.decode()[-500:]}")
+
+
+def _index(key: GpgKey, subkey: str) -> int:
+    return _fingerprints(key.home, key.fingerprint).index(subkey)
+
+
+def revoke_subkey(key: GpgKey, subkey: str) -> GpgKey:
+    """Revoke one subkey (reason 0, no description)."""
+    _edit(key, [f"key {_index(key, subkey)}", "revkey", "y", "0", "", "y", "save"])
+    return _export(key)
+
+
+def change_usage(key: GpgKey, toggles: str, *, subkey: str | None = None) -> GpgKey:
+    """Toggle usage flags (letters S, E, A) of the primary key or a subkey, as a new self-signature."""  # noqa: E501
+    select = [f"key {_index(key, subkey)}"] if subkey else []
+    _edit(key, [*select, "change-usage", *toggles, "Q", "save"], expert=True)
+    return _export(key)
+
+
+def at_time(key: GpgKey, faked_time: str) -> GpgKey:
+    """The key, signing as if the clock said `faked_time` (e.g. "20200105T000000")."""
+    wrapper = key.home / f"gpg-at-{faked_time}"
+    wrapper.write_text(f'#!/bin/sh\nexec gpg {" ".join(_when(faked_time))} "$@"\n')
+    wrapper.chmod(0o755)
+    return replace(key, gpg_program=str(wrapper))
+
+
+def clone_home(key: GpgKey) -> GpgKey:
+    """The same key in a copy of its GNUPGHOME, to change one copy and sign with the other."""
+    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=key.home.parent))
+    home.chmod(0o700)
+    # The agent's sockets stay behind: the copy starts its own agent.
+    shutil.copytree(key.home, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns("S.*"))
+    return replace(key, home=home, gpg_program="gpg")

@@ -1,4 +1,5 @@
-"""The embedded identity adapter: researcher -> groups, from a TOML file the operator edits.
+"""The identity port (researcher -> groups) and its embedded adapter: a TOML file the operator
+edits. The production adapter is Keycloak (keycloak.py); both pass tests/forge's contract.
 
 [researchers]
 alice = ["postgres-patients-read"]
@@ -8,12 +9,28 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["FileIdentity", "IdentityError"]
+if TYPE_CHECKING:
+    from secd_shared.config import Config
+
+__all__ = ["FileIdentity", "Identity", "IdentityError", "NoIdentity", "make_identity"]
 
 
 class IdentityError(Exception):
-    """The groups file is missing or malformed; the message says where."""
+    """The identity source cannot answer now (file missing or malformed, server down): retry."""
+
+
+class NoIdentity(IdentityError):
+    """The researcher has no identity or no groups there: the run fails with this reason."""
+
+
+class Identity(Protocol):
+    """Where a researcher's groups come from."""
+
+    def groups_of(self, researcher: str) -> list[str]:
+        """The researcher's group names; NoIdentity if they have none, IdentityError if unsure."""
+        ...
 
 
 class FileIdentity:
@@ -25,7 +42,7 @@ class FileIdentity:
         self._groups: dict[str, list[str]] = {}
 
     def groups_of(self, researcher: str) -> list[str]:
-        """The researcher's groups; an unknown researcher has none."""
+        """The researcher's groups; NoIdentity for a researcher the file has no groups for."""
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
@@ -33,7 +50,14 @@ class FileIdentity:
         if mtime != self._mtime:
             self._groups = self._load()
             self._mtime = mtime
-        return list(self._groups.get(researcher, []))
+        groups = self._groups.get(researcher)
+        if groups is None:
+            raise NoIdentity(
+                f"{researcher} is not in the groups file (identity.groups_file); ask the operator"
+            )
+        if not groups:
+            raise NoIdentity(f"{researcher} has no groups in the groups file; ask the operator")
+        return list(groups)
 
     def _load(self) -> dict[str, list[str]]:
         try:
@@ -48,3 +72,12 @@ class FileIdentity:
                 f"groups file {self.path}: [researchers] must map names to lists of group names"
             )
         return table
+
+
+def make_identity(config: Config) -> Identity:
+    """The adapter identity.kind names."""
+    if config.identity.kind == "keycloak":
+        from .keycloak import KeycloakIdentity
+
+        return KeycloakIdentity.from_config(config)
+    return FileIdentity(config.path(config.identity.groups_file))

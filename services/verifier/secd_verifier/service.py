@@ -1,23 +1,23 @@
 """push.received -> push.verified | run.rejected.
 
 Every commit that needs checking (the push's new commits, and any commit reachable from the
-pushed head that was never verified) must carry a signature by one of the *pusher's* keys.
-One bad commit rejects the whole push, with a reason naming it.
+pushed head that was never verified) must carry a signature by one of the *pusher's* keys,
+under secd's strict rules, and, where the forge verifies signatures itself (GitLab), the forge
+must call it verified too. One bad commit rejects the whole push, with a reason naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from secd_shared.bus import EventBus, StoredEvent
-from secd_shared.config import Config
+from secd_shared.config import Config, ConfigError
 from secd_shared.events import PushReceived, PushVerified, RunRejected
-from secd_shared.forge import ForgeError, repository_path
-from secd_shared.worker import Emit, PermanentError
+from secd_shared.forge import ForgeError
+from secd_shared.worker import Emit, TransientError
 from secd_verifier.commits import commits_to_verify
-from secd_verifier.keyring import Keyring
+from secd_verifier.forge import ForgeUnavailable, PushSource, UnknownPusher, make_source
 from secd_verifier.signatures import verify_push
 from secd_verifier.verified import VerifiedCommits
 
@@ -27,13 +27,12 @@ log = logging.getLogger("secd.verifier")
 
 
 class Verifier:
-    """Checks pushes against the keyring; remembers what it has verified."""
+    """Checks pushes against the pusher's keys; remembers what it has verified."""
 
-    def __init__(self, config: Config) -> None:
-        self.forge_root = config.path(config.forge.root)
-        self.accounts = config.forge.accounts
+    def __init__(self, config: Config, source: PushSource | None = None) -> None:
+        """The forge adapter forge.kind names, unless one is given."""
+        self.source = source if source is not None else make_source(config)
         self.results_prefix = f"refs/heads/{config.forge.results_prefix}"
-        self.keyring = Keyring(config.path(config.verifier.keyring))
         self.verified = VerifiedCommits(config.path("verifier/verified"))
 
     async def on_push(self, stored: StoredEvent) -> list[Emit]:
@@ -44,7 +43,7 @@ class Verifier:
             # secd's own results never start a run, whoever pushed them.
             log.info("ignoring results branch %s", push.ref)
             return []
-        researcher = self.accounts.get(push.pusher)
+        researcher: str | None = None
 
         def reject(reason: str, commit: str | None = None) -> list[Emit]:
             return [
@@ -60,29 +59,47 @@ class Verifier:
                 )
             ]
 
-        if researcher is None:
+        # The verifier may write only push.verified and run.rejected: a push it cannot take is
+        # rejected with the reason, so the researcher sees it.
+        if push.forge != self.source.forge:
             return reject(
-                f"the account {push.pusher!r} that pushed is not mapped to a researcher; "
-                "ask the operator to add it to forge.accounts"
+                f"the push came from forge {push.forge!r}, but this verifier serves "
+                f"forge.kind = {self.source.forge!r}; ask the operator"
             )
         try:
-            repo = repository_path(self.forge_root, push.repository)
-        except ForgeError as exc:
-            raise PermanentError(str(exc)) from None
-        return await asyncio.to_thread(self._verify, repo, push, researcher, reject)
+            researcher = self.source.researcher_of(push)
+        except UnknownPusher as exc:
+            return reject(str(exc))
+        return await asyncio.to_thread(self._verify, push, researcher, reject)
 
-    def _verify(self, repo: Path, push: PushReceived, researcher: str, reject) -> list[Emit]:
+    def _verify(self, push: PushReceived, researcher: str, reject) -> list[Emit]:
+        try:
+            repo = self.source.mirror(push)
+        except ForgeError as exc:
+            return reject(str(exc))
+        except ForgeUnavailable as exc:
+            raise TransientError(str(exc)) from None
+        project = self.source.project_key(push)
         try:
             commits = commits_to_verify(
-                repo, push.before, push.after, self.verified.load(push.repository), ref=push.ref
+                repo, push.before, push.after, self.verified.load(project), ref=push.ref
             )
         except ValueError as exc:
             return reject(str(exc))
-        verdicts = verify_push(repo, commits, researcher, self.keyring)
+        try:
+            verdicts = verify_push(
+                repo,
+                commits,
+                researcher,
+                self.source.pusher_keys(push, researcher),
+                forge_check=self.source.forge_check(push),
+            )
+        except ForgeUnavailable as exc:
+            raise TransientError(str(exc)) from None
         for verdict in verdicts:
             if not verdict.ok:
                 return reject(verdict.reason, verdict.commit)
-        self.verified.add(push.repository, commits)
+        self.verified.add(project, commits)
         return [
             Emit(
                 PushVerified(
@@ -100,6 +117,8 @@ class Verifier:
 
 async def setup(config: Config, _bus: EventBus):
     """The verifier's one consumer."""
-    verifier = Verifier(config)
-
+    try:
+        verifier = Verifier(config)
+    except ConfigError as exc:
+        raise SystemExit(f"secd-verifier: {exc}") from None
     return {"verifier": verifier.on_push}

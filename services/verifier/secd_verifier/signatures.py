@@ -1,21 +1,28 @@
-"""Whether a commit is signed by one of the pusher's registered OpenPGP keys."""
+"""Whether a commit is signed by one of the pusher's registered OpenPGP keys.
+
+The mathematics come from pgpy; the rules (revocation, expiry at signing time, subkey bindings
+and flags, key creation) are secd's own, in strict.py.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 # pgpy 0.6 imports imghdr, deprecated since Python 3.11 (and gone in 3.13).
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import pgpy
-    from pgpy.constants import SecurityIssues, SignatureType
+    from pgpy.constants import SignatureType
 
 from .commits import read_commit
-from .keyring import Keyring, subkey_for
+from .keyring import subkey_for
+from .strict import verify_strictly
 
-__all__ = ["Verdict", "verify_commit", "verify_push"]
+__all__ = ["KeySource", "Verdict", "verify_commit", "verify_push"]
 
 _PGP = "-----BEGIN PGP SIGNATURE-----"
 _OTHER_FORMATS = {
@@ -26,21 +33,37 @@ _OTHER_FORMATS = {
 _DOCUMENT_TYPES = {SignatureType.BinaryDocument, SignatureType.CanonicalDocument}
 
 
+class KeySource(Protocol):
+    """Where a researcher's public keys come from: the keyring folder, or the forge's user keys."""
+
+    def keys_of(self, researcher: str) -> list[pgpy.PGPKey]:
+        """The researcher's registered public keys."""
+        ...
+
+    def owner_of(self, key_id: str) -> str | None:
+        """Who else holds a key, to say so in the reason; None if unknown."""
+        ...
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome for one commit: ok with the signing key's fingerprint, or a one-line reason."""
+    """The outcome for one commit: ok with the signing key's fingerprint, or a one-line reason.
+
+    `rule` names the rule a rejected signature broke (see strict.py), when it got that far.
+    """
 
     commit: str
     ok: bool
     reason: str = ""
     fingerprint: str | None = None
+    rule: str | None = None
 
 
-def _reject(sha: str, reason: str) -> Verdict:
-    return Verdict(commit=sha, ok=False, reason=reason)
+def _reject(sha: str, reason: str, rule: str | None = None) -> Verdict:
+    return Verdict(commit=sha, ok=False, reason=reason, rule=rule)
 
 
-def verify_commit(repo: Path, sha: str, researcher: str, keyring: Keyring) -> Verdict:
+def verify_commit(repo: Path, sha: str, researcher: str, keyring: KeySource) -> Verdict:
     """Check that the commit is signed by one of the researcher's keys; never raises for bad signatures."""  # noqa: E501
     short = str(sha)[:7]
     try:
@@ -88,10 +111,10 @@ def verify_commit(repo: Path, sha: str, researcher: str, keyring: Keyring) -> Ve
     if not key_id:
         return _reject(sha, f"commit {short}: the signature does not say which key made it")
 
-    signing_key = next(
-        (found for key in keys if (found := subkey_for(key, key_id)) is not None), None
+    match = next(
+        ((key, found) for key in keys if (found := subkey_for(key, key_id)) is not None), None
     )
-    if signing_key is None:
+    if match is None:
         owner = keyring.owner_of(key_id)
         if owner is not None and owner != researcher:
             return _reject(
@@ -104,37 +127,39 @@ def verify_commit(repo: Path, sha: str, researcher: str, keyring: Keyring) -> Ve
             f"commit {short} is signed by key {key_id}, which is not registered to {researcher}",
         )
 
-    mismatch = _reject(sha, f"commit {short}: the signature does not match the commit's content")
+    primary, signing_key = match
+    mismatch = f"commit {short}: the signature does not match the commit's content"
     if sig_type not in _DOCUMENT_TYPES:
-        return mismatch
-    try:
-        # Revocation and self-signature rules are not enforced yet; pgpy warns about that.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = signing_key.verify(payload, signature)
-            issues = [bad.issues for bad in result.bad_signatures]
-    except Exception:
-        return mismatch
-    if issues:
-        # pgpy does not check the signature of an expired key at all: say why, not "mismatch".
-        if any(SecurityIssues.Expired in found for found in issues):
-            return _reject(
-                sha,
-                f"commit {short} is signed by key {key_id}, which has expired; "
-                "extend it (gpg --quick-set-expire) and update the keyring",
-            )
-        return mismatch
-    if not result:
-        return mismatch
+        return _reject(sha, mismatch, "mismatch")
+    violation = verify_strictly(primary, signing_key, signature, payload)
+    if violation is not None:
+        if violation.rule == "mismatch":
+            return _reject(sha, mismatch, "mismatch")
+        return _reject(sha, f"commit {short} {violation.reason}", violation.rule)
     fingerprint = str(signing_key.fingerprint).replace(" ", "").upper()
     return Verdict(commit=sha, ok=True, fingerprint=fingerprint)
 
 
-def verify_push(repo: Path, commits: list[str], researcher: str, keyring: Keyring) -> list[Verdict]:
-    """Verdicts for the push's commits in order, stopping after (and ending with) the first failure."""  # noqa: E501
+def verify_push(
+    repo: Path,
+    commits: list[str],
+    researcher: str,
+    keyring: KeySource,
+    *,
+    forge_check: Callable[[str], str | None] | None = None,
+) -> list[Verdict]:
+    """Verdicts for the push's commits in order, stopping after (and ending with) the first failure.
+
+    `forge_check(sha)`, when given, runs after a commit passed secd's own check and returns a
+    reason to reject it (the forge's own verification, e.g. GitLab's) or None.
+    """
     verdicts = []
     for sha in commits:
         verdict = verify_commit(repo, sha, researcher, keyring)
+        if verdict.ok and forge_check is not None:
+            reason = forge_check(sha)
+            if reason is not None:
+                verdict = _reject(sha, reason, "forge-not-verified")
         verdicts.append(verdict)
         if not verdict.ok:
             break

@@ -1,0 +1,146 @@
+"""The production identity adapter: GitLab user -> identity extern_uid -> Keycloak user -> groups.
+
+The researcher's name is their GitLab username. GitLab keeps, for users who sign in through
+Keycloak, an identity whose `extern_uid` is the Keycloak user's id (the OIDC `sub`) or name;
+`GET /users/:id` shows it to administrators. The Keycloak admin API then lists the user's
+groups; only groups under `identity.keycloak.group_root` count, and the grant is a group's last
+path segment (`/secd/mysql-super_secret_dataset-read` -> `mysql-super_secret_dataset-read`).
+
+A researcher without such an identity, without a Keycloak user, or without matching groups
+fails the run with that reason (NoIdentity); GitLab or Keycloak being unreachable is an
+IdentityError, retried.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gitlab
+import gitlab.exceptions
+import requests
+from keycloak import KeycloakAdmin
+from keycloak.exceptions import KeycloakError, KeycloakGetError
+
+from secd_shared.config import Config, KeycloakConfig, read_secret
+
+from .identity import IdentityError, NoIdentity
+
+__all__ = ["KeycloakIdentity"]
+
+log = logging.getLogger("secd.credentials.keycloak")
+
+
+def _under(path: str, root: str) -> str | None:
+    """The group's name (last segment) if `path` lies under `root`, else None."""
+    root = "/" + root.strip("/")
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name:
+        return None
+    if root == "/" or parent == root or parent.startswith(root + "/"):
+        return name
+    return None
+
+
+class KeycloakIdentity:
+    """Groups of a researcher from Keycloak, found through their GitLab identity."""
+
+    def __init__(
+        self, gitlab_client: gitlab.Gitlab, keycloak: KeycloakAdmin, settings: KeycloakConfig
+    ) -> None:
+        """Ask GitLab for identities, Keycloak for users and groups."""
+        self.gitlab = gitlab_client
+        self.keycloak = keycloak
+        self.settings = settings
+
+    @classmethod
+    def from_config(cls, config: Config) -> KeycloakIdentity:
+        """The adapter for identity.keycloak, with forge.gitlab's API token."""
+        settings = config.identity.keycloak
+        gl = config.forge.gitlab
+        token = read_secret(config, "forge.gitlab.token", gl.token, gl.token_file)
+        secret = read_secret(
+            config,
+            "identity.keycloak.client_secret",
+            settings.client_secret,
+            settings.client_secret_file,
+        )
+        client = gitlab.Gitlab(
+            gl.url,
+            private_token=token,
+            timeout=gl.timeout_s,
+            keep_base_url=True,
+            retry_transient_errors=True,
+        )
+        admin = KeycloakAdmin(
+            server_url=settings.url.rstrip("/") + "/",
+            realm_name=settings.realm,
+            user_realm_name=settings.client_realm or settings.realm,
+            client_id=settings.client_id,
+            client_secret_key=secret,
+            timeout=int(settings.timeout_s),
+            verify=True,
+        )
+        return cls(client, admin, settings)
+
+    def groups_of(self, researcher: str) -> list[str]:
+        """The researcher's grant groups; NoIdentity if there are none, IdentityError if unsure."""
+        extern_uid = self._extern_uid(researcher)
+        user_id = self._keycloak_user(researcher, extern_uid)
+        try:
+            groups = self.keycloak.get_user_groups(user_id, brief_representation=True)
+        except KeycloakError as exc:
+            raise self._down("the user's groups", exc) from None
+        root = self.settings.group_root
+        names = [name for g in groups if (name := _under(str(g.get("path", "")), root))]
+        if not names:
+            raise NoIdentity(
+                f"{researcher} is in no Keycloak group under {root!r} of realm "
+                f"{self.settings.realm!r}; ask your project administrator for access"
+            )
+        return names
+
+    def _extern_uid(self, researcher: str) -> str:
+        try:
+            found = self.gitlab.users.list(username=researcher, get_all=True)
+            user = next((u for u in found if u.username.lower() == researcher.lower()), None)
+            details = self.gitlab.users.get(user.id) if user is not None else None
+        except (gitlab.exceptions.GitlabError, requests.RequestException) as exc:
+            code = getattr(exc, "response_code", None) or type(exc).__name__
+            raise IdentityError(f"GitLab did not answer for user {researcher} ({code})") from None
+        if details is None:
+            raise NoIdentity(f"{researcher} is not a GitLab user")
+        provider = self.settings.gitlab_provider
+        for identity in getattr(details, "identities", None) or []:
+            if identity.get("provider") == provider and identity.get("extern_uid"):
+                return str(identity["extern_uid"])
+        raise NoIdentity(
+            f"{researcher} has no Keycloak identity in GitLab (provider {provider!r}); "
+            "sign in to GitLab through Keycloak once, or ask the administrator to link it"
+        )
+
+    def _keycloak_user(self, researcher: str, extern_uid: str) -> str:
+        try:
+            if self.settings.extern_uid == "id":
+                return str(self.keycloak.get_user(extern_uid)["id"])
+            found = self.keycloak.get_users({"username": extern_uid, "exact": True})
+        except KeycloakGetError as exc:
+            if exc.response_code == 404:
+                raise NoIdentity(self._missing(researcher)) from None
+            raise self._down("the user", exc) from None
+        except KeycloakError as exc:
+            raise self._down("the user", exc) from None
+        wanted = extern_uid.lower()
+        match = next((u for u in found if str(u.get("username", "")).lower() == wanted), None)
+        if match is None:
+            raise NoIdentity(self._missing(researcher))
+        return str(match["id"])
+
+    def _missing(self, researcher: str) -> str:
+        return (
+            f"{researcher}'s Keycloak identity does not exist in realm {self.settings.realm!r}; "
+            "ask the administrator"
+        )
+
+    def _down(self, what: str, exc: KeycloakError) -> IdentityError:
+        code = getattr(exc, "response_code", None) or type(exc).__name__
+        return IdentityError(f"Keycloak did not answer for {what} ({code}); retrying")

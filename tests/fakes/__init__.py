@@ -1,0 +1,1 @@
+"""Fakes of outside systems that cannot run here, answering like their documented APIs."""
