@@ -32,6 +32,25 @@ class Builder:
         self.timeout_s = config.builder.timeout_s
         self.max_runfor_h = config.builder.max_runfor_h
         self.allow_source_builds = config.builder.allow_source_builds
+        # forge.kind = "gitlab": the verified commit is fetched into a mirror of the builder's own.
+        self.mirrors = None
+        if config.forge.kind == "gitlab":
+            from secd_shared.config import read_secret
+            from secd_shared.forge_git import GitMirrors
+
+            gitlab = config.forge.gitlab
+            self.mirrors = GitMirrors(
+                config.path("builder/mirrors"),
+                gitlab.url,
+                read_secret(config, "forge.gitlab.token", gitlab.token, gitlab.token_file),
+                skip_prefix=config.forge.results_prefix,
+            )
+        # builder.kind = "buildkit": images built in Kubernetes instead of local virtualenvs.
+        self.image_builder = None
+        if config.builder.kind == "buildkit":
+            from secd_builder.buildkit import BuildKitBuilder
+
+            self.image_builder = BuildKitBuilder.from_config(config)
 
     async def on_verified(self, stored: StoredEvent) -> list[BuildSucceeded]:
         """Build for one verified push."""
@@ -50,12 +69,27 @@ class Builder:
             raise PermanentError(f"build failed: {exc}", log_tail=exc.log_tail) from None
 
     def _prepare(self, push: PushVerified, run_id: str) -> BuildSucceeded:
-        repo = repository_path(self.forge_root, push.repository)
+        if self.mirrors is not None:
+            repo = self.mirrors.fetch(push.repository, [push.head])
+        else:
+            repo = repository_path(self.forge_root, push.repository)
         text = read_file_at(repo, push.head, "secd.yml")
         spec = parse_spec(
             text.decode() if text is not None else None, max_runfor_h=self.max_runfor_h
         )
         requirements = read_file_at(repo, push.head, "requirements.txt") or b""
+        if self.image_builder is not None:
+            from secd_builder.buildkit import image_plan
+
+            return image_plan(
+                self.image_builder,
+                push,
+                run_id,
+                spec=spec,
+                requirements=requirements,
+                has_dockerfile=read_file_at(repo, push.head, "Dockerfile") is not None,
+                log_dir=self.work_dir,
+            )
         env = ensure_environment(
             requirements,
             self.envs_dir,

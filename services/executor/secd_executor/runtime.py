@@ -1,0 +1,203 @@
+"""The executor's port to where jobs run (`ExecutorAPI`), and the handler that drives it.
+
+A runtime takes a `RunRequest` through four steps, in order: prepare (create what the run needs,
+nothing started), execute (start it and wait for it to end), collect (copy its outputs to the
+run's output folder) and cleanup (remove everything it created). Each step is safe to call twice
+for the same run, as the worker loop redelivers an event after a crash: a second prepare finds
+its own objects, a second execute adopts the job already running (or already ended), a second
+collect copies again, a second cleanup finds nothing left to remove.
+
+`RuntimeExecutor.on_issued` is the credentials.issued handler written against that port; the
+Kubernetes runtime (kubernetes.py) plugs into it. The bubblewrap sandbox still runs through
+`service.Executor`, which predates this port and follows the same four steps inline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from secd_shared.bus import EventBus, StoredEvent
+from secd_shared.config import Config
+from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
+from secd_shared.sealing import load_private_key, unseal
+from secd_shared.service import producer_for
+from secd_shared.worker import PermanentError
+
+__all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
+
+log = logging.getLogger("secd.executor")
+
+DB_PORTS = {"postgres": 5432, "mysql": 3306, "neo4j": 7687}
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run, in the executor's terms: what to run, as whom, reaching which database."""
+
+    run_id: str
+    researcher: str
+    project: str
+    image: str
+    command: list[str]
+    database: str
+    db_host: str
+    db_port: int
+    db_name: str
+    db_user: str
+    # Secret values reach the job only through the runtime's secret store, never its spec.
+    db_password: str = field(repr=False)
+    runfor_h: float
+    gpu: int
+    cache_dir: str | None
+    mount_path: str
+    output_dir: Path
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: `reason` is None when the command ran to its end (any exit code)."""
+
+    exit_code: int | None
+    duration_s: float
+    reason: str | None = None
+    timed_out: bool = False
+    # False when the command never ran (image not pulled, refused): there is nothing to collect.
+    started: bool = True
+
+
+class ExecutorAPI(Protocol):
+    """Where jobs run. Every method is safe to call twice for the same run."""
+
+    async def prepare(self, request: RunRequest) -> None:
+        """Create everything the run needs without starting it; existing objects are reused."""
+        ...
+
+    async def execute(
+        self, request: RunRequest, on_start: Callable[[], Awaitable[None]]
+    ) -> RunOutcome:
+        """Start the run (or adopt it if it already runs or ran), stream its log, await its end."""
+        ...
+
+    async def collect(self, request: RunRequest) -> list[str]:
+        """Copy the run's outputs into request.output_dir; returns what was left out and why."""
+        ...
+
+    async def cleanup(self, request: RunRequest) -> None:
+        """Remove everything the run created; what is already gone is skipped."""
+        ...
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_bytes()[-16384:].decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class RuntimeExecutor:
+    """credentials.issued -> run.started, run.finished | run.failed, on any ExecutorAPI."""
+
+    def __init__(self, config: Config, bus: EventBus, runtime: ExecutorAPI) -> None:
+        self.bus = bus
+        self.runtime = runtime
+        self.runs_dir = config.path(config.executor.runs_dir)
+        self.key = load_private_key(config.path(config.executor.private_key_file))
+        self.producer = producer_for("executor")
+
+    def request_for(self, stored: StoredEvent) -> RunRequest:
+        """The run's request from its credentials.issued event (the password unsealed)."""
+        event = stored.event
+        issued = event.payload
+        assert isinstance(issued, CredentialsIssued)
+        plan, spec, address = issued.plan, issued.plan.spec, issued.address
+        if not plan.image:
+            raise PermanentError(
+                "the run has no image to start: executor.kind = kubernetes needs "
+                "builder.kind = buildkit"
+            )
+        if not address.host:
+            raise PermanentError(
+                f"database {issued.database} is configured with a Unix socket only; a job in "
+                "the cluster needs its host and port (credentials.databases.*.host)"
+            )
+        run_dir = self.runs_dir / event.run_id
+        return RunRequest(
+            run_id=event.run_id,
+            researcher=event.actor,
+            project=event.project,
+            image=plan.image,
+            command=list(spec.command),
+            database=issued.database,
+            db_host=address.host,
+            db_port=address.port or DB_PORTS.get(address.kind, 0),
+            db_name=address.database,
+            db_user=issued.account,
+            db_password=unseal(self.key, issued.sealed_password),
+            runfor_h=spec.runfor,
+            gpu=spec.gpu,
+            cache_dir=spec.cache_dir,
+            mount_path=spec.mount_path,
+            output_dir=run_dir / "output",
+            log_path=run_dir / "job.log",
+        )
+
+    async def on_issued(self, stored: StoredEvent) -> list[RunFinished]:
+        """Prepare, execute, collect, clean up; the outcome decides finished or failed."""
+        event = stored.event
+        request = self.request_for(stored)
+        request.output_dir.mkdir(parents=True, exist_ok=True)
+
+        async def started() -> None:
+            await self.bus.publish(
+                new_event(
+                    RunStarted(sandbox=f"secd-run-{event.run_id}"),
+                    run_id=event.run_id,
+                    producer=self.producer,
+                    actor=event.actor,
+                    project=event.project,
+                    cause=event,
+                    cause_data=stored.data,
+                )
+            )
+
+        # A transient fault (the API unreachable) leaves everything in place on purpose: the
+        # redelivered event adopts the job still running. Only an ended run is cleaned up.
+        await self.runtime.prepare(request)
+        outcome = await self.runtime.execute(request, started)
+        try:
+            if outcome.started:
+                excluded = await self.runtime.collect(request)
+                for entry in excluded:
+                    log.info("output left out: %s", entry, extra={"run_id": event.run_id})
+        finally:
+            await self.runtime.cleanup(request)
+        common = {"output_path": str(request.output_dir), "log_path": str(request.log_path)}
+        if outcome.timed_out:
+            raise PermanentError(
+                f"the job ran longer than runfor ({request.runfor_h:g} h) and was stopped",
+                log_tail=_tail(request.log_path),
+                exit_code=outcome.exit_code,
+                **common,
+            )
+        if outcome.reason is not None:
+            raise PermanentError(
+                outcome.reason,
+                log_tail=_tail(request.log_path),
+                exit_code=outcome.exit_code,
+                **common,
+            )
+        if outcome.exit_code != 0:
+            raise PermanentError(
+                f"the job exited with code {outcome.exit_code}",
+                log_tail=_tail(request.log_path),
+                exit_code=outcome.exit_code,
+                **common,
+            )
+        return [RunFinished(exit_code=0, duration_s=round(outcome.duration_s, 3), **common)]
