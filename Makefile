@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := -e shared -e services/gateway -e services/verifier -e services/builder \
-          -e services/credentials -e services/executor -e services/publisher -e '.[server,dev]'
+          -e services/credentials -e services/executor -e services/publisher \
+          -e services/checkpointer -e '.[server,dev]'
 
 .PHONY: install demo test lint format bench clean
 
@@ -35,6 +36,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/credentials.py
+	$(BIN)/python bench/cache.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) .secd-demo

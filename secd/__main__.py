@@ -1,7 +1,5 @@
 """`python -m secd` is the `secd` command."""
 
-import sys
+from secd.cli import run
 
-from secd.cli import main
-
-sys.exit(main())
+run()

@@ -155,9 +155,67 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_replay(args: argparse.Namespace) -> int:
-    from secd.audit import replay
+    from secd.audit import AuditError, ReplayFilter, parse_time, replay_command
 
-    return asyncio.run(replay(Path(args.state_dir), run_id=args.run, as_json=args.json))
+    try:
+        selection = ReplayFilter(
+            run=args.run,
+            researcher=args.researcher,
+            project=args.project,
+            types=tuple(args.type or ()),
+            since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until) if args.until else None,
+        )
+    except AuditError as exc:
+        print(f"secd: {exc}", file=sys.stderr)
+        return 2
+    fmt = "json" if args.json else args.format
+    return asyncio.run(replay_command(Path(args.state_dir), selection, fmt))
+
+
+def _cmd_audit_access(args: argparse.Namespace) -> int:
+    from secd.audit import AuditError, ReplayFilter, access_command, parse_time
+
+    try:
+        ReplayFilter(run=args.run)
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except AuditError as exc:
+        print(f"secd: {exc}", file=sys.stderr)
+        return 2
+    fmt = "json" if args.json else args.format
+    return asyncio.run(
+        access_command(
+            Path(args.state_dir),
+            fmt,
+            run=args.run,
+            researcher=args.researcher,
+            project=args.project,
+            table=args.table,
+            since=since,
+            until=until,
+            open_only=args.not_revoked,
+        )
+    )
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from secd.audit import verify_command
+
+    return asyncio.run(
+        verify_command(
+            Path(args.state_dir),
+            checkpoints_file=args.checkpoints,
+            public_keys=args.public_key,
+            as_json=args.json,
+        )
+    )
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    from secd.audit import export_command
+
+    return asyncio.run(export_command(Path(args.state_dir), args.file))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,10 +258,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the security officer's view of the event log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    replay = audit_sub.add_parser("replay", help="replay the event log")
+    replay = audit_sub.add_parser("replay", help="replay the event log, or the part a filter picks")
     replay.add_argument("--run", help="only this run")
-    replay.add_argument("--json", action="store_true", help="JSON lines, one stored event each")
+    replay.add_argument("--researcher", help="only events whose actor is this researcher")
+    replay.add_argument("--project", help="only this project (repository), e.g. alice/model")
+    replay.add_argument(
+        "--type", action="append", help="only this event type, e.g. credentials.issued (repeatable)"
+    )
+    replay.add_argument("--since", help="from this time: ISO (UTC unless +hh:mm) or an age: 2h, 7d")
+    replay.add_argument("--until", help="up to this time: ISO or an age")
+    replay.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    replay.add_argument("--json", action="store_true", help="same as --format json")
     replay.set_defaults(func=_cmd_audit_replay)
+
+    access = audit_sub.add_parser(
+        "access", help="who had a database account on which tables, from when to when"
+    )
+    access.add_argument("--run", help="only this run")
+    access.add_argument("--researcher", help="only this researcher")
+    access.add_argument("--project", help="only this project (repository)")
+    access.add_argument("--table", help="only accounts granted this table")
+    access.add_argument("--since", help="accounts held at or after this time (ISO or age)")
+    access.add_argument("--until", help="accounts issued at or before this time (ISO or age)")
+    access.add_argument(
+        "--not-revoked", action="store_true", help="only accounts the log shows no revocation of"
+    )
+    access.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    access.add_argument("--json", action="store_true", help="same as --format json")
+    access.set_defaults(func=_cmd_audit_access)
+
+    verify = audit_sub.add_parser(
+        "verify", help="check the run chains and the signed checkpoints; exit 0 only if clean"
+    )
+    verify.add_argument(
+        "--checkpoints", help="checkpoints exported earlier (JSON lines) instead of the stored ones"
+    )
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        help="the checkpointer's public key file (default: <state>/secrets/checkpointer.pub)",
+    )
+    verify.add_argument("--json", action="store_true", help="one JSON object")
+    verify.set_defaults(func=_cmd_audit_verify)
+
+    checkpoints = audit_sub.add_parser("checkpoints", help="the log's signed checkpoints")
+    checkpoints_sub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
+    export = checkpoints_sub.add_parser("export", help="write them as JSON lines, to keep offline")
+    export.add_argument("file", help="where to write them (- for standard output)")
+    export.set_defaults(func=_cmd_audit_export)
 
     init = sub.add_parser(
         "init", help="start a project: secd.yml, an example job, .gitignore; check git signing"
@@ -215,8 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `secd` command."""
-    # `secd audit replay --json | head` ends quietly, as other commands in a pipe do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     if args.command == "demo" and "--state-dir" not in (argv or sys.argv):
         args.state_dir = ".secd-demo"
@@ -226,5 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script: `secd ... | head` ends quietly, as other commands in a pipe do."""
+    # Only here, in a process of its own: inside another program (pytest) it would kill it.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

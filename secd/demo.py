@@ -20,7 +20,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from secd.stack import Stack
+from secd.stack import SERVICES, Stack
 
 __all__ = ["run_demo"]
 
@@ -201,7 +201,10 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
     )
     started = time.monotonic()
     await stack.start()
-    say(f"  started NATS, PostgreSQL and 6 services in {time.monotonic() - started:.1f} s")
+    say(
+        f"  started NATS, PostgreSQL and {len(SERVICES)} services "
+        f"in {time.monotonic() - started:.1f} s"
+    )
     result: dict = {"runs": [], "rejected": []}
     try:
         await _seed_patients(stack)

@@ -24,7 +24,15 @@ from pathlib import Path
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("gateway", "verifier", "builder", "credentials", "executor", "publisher")
+SERVICES = (
+    "gateway",
+    "verifier",
+    "builder",
+    "credentials",
+    "executor",
+    "publisher",
+    "checkpointer",
+)
 
 
 def free_port() -> int:
@@ -92,6 +100,7 @@ class Stack:
     def prepare(self) -> dict:
         """Write (once) the config, the secrets and the NATS server config; return the config."""
         from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+        from secd_shared.integrity import generate_signing_key
         from secd_shared.sealing import generate_keypair
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +113,11 @@ class Stack:
                 "postgres": secrets.token_urlsafe(24),
             }
             _write_private(self.secrets_path, json.dumps(secret, indent=2))
+        # A state dir from an older secd lacks the identities added since (the checkpointer).
+        missing = [n for n in [BOOTSTRAP_USER, *IDENTITIES] if n not in secret["nats"]]
+        if missing:
+            secret["nats"].update({n: secrets.token_urlsafe(24) for n in missing})
+            _write_private(self.secrets_path, json.dumps(secret, indent=2))
         self.secret = secret
         token_file = self.state_dir / "secrets" / "hook-token"
         if not token_file.exists():
@@ -112,6 +126,11 @@ class Stack:
         public_file = self.state_dir / "secrets" / "executor.pub"
         if not key_file.exists():
             public_file.write_text(generate_keypair(key_file))
+        # The checkpointer's signing key; officers verify checkpoints with the .pub file.
+        checkpoint_key = self.state_dir / "secrets" / "checkpointer.key"
+        if not checkpoint_key.exists():
+            public = generate_signing_key(checkpoint_key)
+            (self.state_dir / "secrets" / "checkpointer.pub").write_text(public + "\n")
         if self.config_path.exists():
             config = tomllib.loads(self.config_path.read_text())
         else:
@@ -130,6 +149,7 @@ class Stack:
         config["forge"]["accounts"] = {**config["forge"].get("accounts", {}), **self.accounts}
         if self.databases is not None:
             config["credentials"]["databases"] = self.databases
+        config.setdefault("checkpointer", {"private_key_file": str(checkpoint_key)})
         for section, values in self.extra_config.items():
             config.setdefault(section, {}).update(values)
         self.config_path.write_text(_toml(config))

@@ -9,16 +9,20 @@ with one line naming it.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Struct
 
 __all__ = [
+    "BuildKitConfig",
     "BuilderConfig",
+    "CheckpointerConfig",
     "Config",
     "ConfigError",
     "CredentialsConfig",
@@ -26,11 +30,15 @@ __all__ = [
     "ExecutorConfig",
     "ForgeConfig",
     "GatewayConfig",
+    "GitLabConfig",
     "IdentityConfig",
+    "KeycloakConfig",
+    "KubernetesRunConfig",
     "NatsConfig",
     "PublisherConfig",
     "VerifierConfig",
     "load_config",
+    "read_secret",
 ]
 
 ENV_PREFIX = "SECD_"
@@ -66,6 +74,27 @@ class GatewayConfig(_Section):
     max_body_bytes: int = 65536
 
 
+class GitLabConfig(_Section):
+    """forge.kind = "gitlab": the instance, secd's API token and the hooks' secret token.
+
+    The token and the hook secret come from the environment (SECD_FORGE__GITLAB__TOKEN,
+    SECD_FORGE__GITLAB__WEBHOOK_SECRET) or from files; each service reads only what it uses.
+    """
+
+    url: str = ""
+    token: str | None = None
+    token_file: str | None = None
+    webhook_secret: str | None = None
+    webhook_secret_file: str | None = None
+    # The commit status's name (GitLab shows it as an external job of the commit).
+    status_name: str = "secd"
+    # Pushes by this account (secd's own, if it pushes as a user) never start a run.
+    service_username: str | None = None
+    # System hooks list no commits but push hooks do, up to 20 with their messages.
+    max_hook_bytes: int = 1024 * 1024
+    timeout_s: float = 30.0
+
+
 class ForgeConfig(_Section):
     """The embedded forge: bare repositories under `root`, pushed to by local accounts."""
 
@@ -74,6 +103,31 @@ class ForgeConfig(_Section):
     # local account that pushed -> researcher it acts for
     accounts: dict[str, str] = msgspec.field(default_factory=dict)
     results_prefix: str = "secd/"
+    gitlab: GitLabConfig = msgspec.field(default_factory=GitLabConfig)
+
+
+class KeycloakConfig(_Section):
+    """identity.kind = "keycloak": GitLab user -> identity extern_uid -> Keycloak user -> groups.
+
+    The client (a confidential client with the service account roles view-users and
+    query-groups of realm-management) authenticates with its secret, from the environment
+    (SECD_IDENTITY__KEYCLOAK__CLIENT_SECRET) or a file.
+    """
+
+    url: str = ""
+    realm: str = ""
+    client_id: str = ""
+    client_secret: str | None = None
+    client_secret_file: str | None = None
+    # The realm the client lives in, when it is not `realm` (e.g. "master").
+    client_realm: str | None = None
+    # GitLab's provider name of the Keycloak login, as in the user's identities.
+    gitlab_provider: str = "openid_connect"
+    # What GitLab keeps as extern_uid: the Keycloak user id ("id", the OIDC sub) or "username".
+    extern_uid: str = "id"
+    # Only groups under this path grant access, e.g. "/secd"; the grant is the last segment.
+    group_root: str = "/"
+    timeout_s: float = 30.0
 
 
 class IdentityConfig(_Section):
@@ -81,12 +135,78 @@ class IdentityConfig(_Section):
 
     kind: str = "file"
     groups_file: str = "groups.toml"
+    keycloak: KeycloakConfig = msgspec.field(default_factory=KeycloakConfig)
 
 
 class VerifierConfig(_Section):
     """The keyring of researchers' public keys."""
 
     keyring: str = "keys"
+
+
+class KubernetesRunConfig(_Section):
+    """executor.kind = "kubernetes": one Job per run in `namespace`, with these limits."""
+
+    namespace: str = "secd-runs"
+    # None: the in-cluster service account (the executor runs in the cluster).
+    kubeconfig: str | None = None
+    context: str | None = None
+    service_account: str = "secd-run"
+    # The trusted image of the pod that copies a run's outputs out; pin it by digest.
+    collector_image: str = ""
+    image_pull_secrets: list[str] = msgspec.field(default_factory=list)
+    cpu: str = "2"
+    memory: str = "8Gi"
+    ephemeral_storage: str = "10Gi"
+    tmp_size: str = "1Gi"
+    output_size: str = "10Gi"
+    output_storage_class: str | None = None
+    cache_size: str = "20Gi"
+    cache_storage_class: str | None = None
+    cache_access_mode: str = "ReadWriteOnce"
+    # The uid jobs run as (the collector reads outputs as it too). run_as_image_user = true
+    # honours the image's own numeric USER instead, which the kubelet refuses if it is root.
+    run_as_user: int = 65534
+    run_as_image_user: bool = False
+    fs_group: int = 65534
+    node_selector: dict[str, str] = msgspec.field(default_factory=dict)
+    gpu_node_selector: dict[str, str] = msgspec.field(default_factory=dict)
+    # database name -> CIDRs the run may reach; unset: the address's host, resolved.
+    database_cidrs: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    ttl_after_finished_s: int = 86400
+    poll_s: float = 2.0
+    collect_timeout_s: float = 600.0
+    max_output_bytes: int = 2 * 1024**3
+    max_log_bytes: int = 64 * 1024**2
+    reap_every_s: float = 300.0
+    reap_grace_s: float = 3600.0
+
+
+class BuildKitConfig(_Section):
+    """builder.kind = "buildkit": a rootless BuildKit Job per build, pushed to `registry`."""
+
+    namespace: str = "secd-builds"
+    kubeconfig: str | None = None
+    context: str | None = None
+    service_account: str = "secd-build"
+    image: str = "moby/buildkit:rootless"
+    # The init container that fetches the verified commit: any image with git and sh.
+    git_image: str = "alpine/git:latest"
+    # Images go to <registry>/runs/<researcher>, caches to <registry>/cache/<researcher>.
+    registry: str = ""
+    # Where BuildKit fetches the verified commit, e.g. "https://gitlab.example.org/{repository}.git".
+    git_url: str = ""
+    # Names of Secrets in `namespace`: a dockerconfigjson for the registry, a token for git.
+    registry_secret: str | None = None
+    git_token_secret: str | None = None
+    base_image: str = "python:3.11-slim"
+    index_url: str | None = None
+    allow_dockerfile: bool = True
+    cpu: str = "2"
+    memory: str = "4Gi"
+    ephemeral_storage: str = "20Gi"
+    poll_s: float = 2.0
+    ttl_after_finished_s: int = 3600
 
 
 class BuilderConfig(_Section):
@@ -99,6 +219,9 @@ class BuilderConfig(_Section):
     max_runfor_h: float = 24.0
     # Installing from source runs the package's build code in the builder, outside the sandbox.
     allow_source_builds: bool = False
+    # "venv": a virtualenv on this machine; "buildkit": an image built in Kubernetes.
+    kind: str = "venv"
+    buildkit: BuildKitConfig = msgspec.field(default_factory=BuildKitConfig)
 
 
 class DatabaseConfig(_Section):
@@ -112,6 +235,10 @@ class DatabaseConfig(_Section):
     socket_dir: str | None = None
     user: str | None = None
     password: str | None = None
+    # kind = "neo4j" only: the Bolt URI (bolt://host:7687), and whether Neo4j Community's
+    # all-powerful users may be issued at all (Community has no per-label roles).
+    uri: str | None = None
+    accept_full_read: bool = False
 
 
 class CredentialsConfig(_Section):
@@ -134,6 +261,9 @@ class ExecutorConfig(_Section):
     cache_root: str = "cache"
     sandbox_uid: int = 65534
     concurrency: int = 4
+    # "bwrap": a bubblewrap sandbox on this machine; "kubernetes": a Job per run.
+    kind: str = "bwrap"
+    kubernetes: KubernetesRunConfig = msgspec.field(default_factory=KubernetesRunConfig)
 
 
 class PublisherConfig(_Section):
@@ -141,6 +271,13 @@ class PublisherConfig(_Section):
 
     author_name: str = "secd"
     author_email: str = "secd@localhost"
+
+
+class CheckpointerConfig(_Section):
+    """Signed checkpoints of the log: the signing key, and how often to sign."""
+
+    private_key_file: str = "secrets/checkpointer.key"
+    interval_s: float = 60.0
 
 
 class Config(_Section):
@@ -157,6 +294,7 @@ class Config(_Section):
     credentials: CredentialsConfig = msgspec.field(default_factory=CredentialsConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     publisher: PublisherConfig = msgspec.field(default_factory=PublisherConfig)
+    checkpointer: CheckpointerConfig = msgspec.field(default_factory=CheckpointerConfig)
 
     def path(self, relative: str) -> Path:
         """A path from the config, relative ones resolved under `state_dir`."""
@@ -168,6 +306,10 @@ def _literal(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+# Secrets and names stay strings even when they look like numbers.
+_TEXT_KEYS = ("password", "user", "token", "webhook_secret", "client_secret")
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -185,7 +327,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: {'.'.join(keys[:-1])} is not a section")
         # Passwords and names stay strings even when they look like numbers.
-        node[keys[-1]] = raw if keys[-1] in ("password", "user") else _literal(raw)
+        node[keys[-1]] = raw if keys[-1] in _TEXT_KEYS else _literal(raw)
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -230,18 +372,205 @@ def _describe(exc: msgspec.ValidationError) -> str:
     return f"{where}: {message[0].lower()}{message[1:]}" if where else message
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+
+
+def _check_kubernetes(config: Config) -> None:
+    """The executor's and builder's Kubernetes sections, and that the two kinds fit together."""
+    executor, builder = config.executor, config.builder
+    if executor.kind not in ("bwrap", "kubernetes"):
+        raise ConfigError(f"executor.kind: {executor.kind!r}; use 'bwrap' or 'kubernetes'")
+    if builder.kind not in ("venv", "buildkit"):
+        raise ConfigError(f"builder.kind: {builder.kind!r}; use 'venv' or 'buildkit'")
+    if (executor.kind == "kubernetes") != (builder.kind == "buildkit"):
+        raise ConfigError(
+            f"executor.kind {executor.kind!r} cannot run what builder.kind {builder.kind!r} "
+            "builds; use bwrap with venv, or kubernetes with buildkit"
+        )
+    sections = []
+    if executor.kind == "kubernetes":
+        k8s = executor.kubernetes
+        sections.append(("executor.kubernetes", k8s))
+        if not k8s.collector_image:
+            raise ConfigError(
+                "executor.kubernetes.collector_image is required: the secd-executor image, "
+                "pinned by digest"
+            )
+        if k8s.cache_access_mode not in ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"):
+            raise ConfigError(
+                f"executor.kubernetes.cache_access_mode: {k8s.cache_access_mode!r}; use "
+                "ReadWriteOnce, ReadWriteMany or ReadWriteOncePod"
+            )
+        for name, value in (
+            ("tmp_size", k8s.tmp_size),
+            ("output_size", k8s.output_size),
+            ("cache_size", k8s.cache_size),
+        ):
+            if not _QUANTITY.fullmatch(value):
+                raise ConfigError(f"executor.kubernetes.{name}: {value!r} is not a quantity")
+        for name, value in (
+            ("poll_s", k8s.poll_s),
+            ("collect_timeout_s", k8s.collect_timeout_s),
+            ("reap_every_s", k8s.reap_every_s),
+            ("ttl_after_finished_s", k8s.ttl_after_finished_s),
+        ):
+            if value <= 0:
+                raise ConfigError(f"executor.kubernetes.{name}: must be greater than 0")
+    if builder.kind == "buildkit":
+        bk = builder.buildkit
+        sections.append(("builder.buildkit", bk))
+        for name in ("registry", "git_url"):
+            if not getattr(bk, name):
+                raise ConfigError(
+                    f"builder.buildkit.{name} is required when builder.kind is buildkit"
+                )
+        if "{repository}" not in bk.git_url:
+            raise ConfigError(
+                "builder.buildkit.git_url must contain {repository}, "
+                "e.g. 'https://gitlab.example.org/{repository}.git'"
+            )
+    for where, section in sections:
+        if not _DNS_LABEL.fullmatch(section.namespace):
+            raise ConfigError(f"{where}.namespace: {section.namespace!r} is not a namespace name")
+        for name in ("cpu", "memory", "ephemeral_storage"):
+            value = getattr(section, name)
+            if not _QUANTITY.fullmatch(value):
+                raise ConfigError(
+                    f"{where}.{name}: {value!r} is not a quantity like 2, 500m or 8Gi"
+                )
+
+
 def _check(config: Config) -> None:
-    if config.forge.kind != "git":
-        raise ConfigError(f"forge.kind: {config.forge.kind!r} is not available; use 'git'")
-    if config.identity.kind != "file":
-        raise ConfigError(f"identity.kind: {config.identity.kind!r} is not available; use 'file'")
+    _check_kubernetes(config)
+    _check_forge_and_identity(config)
     for name, db in config.credentials.databases.items():
-        if db.kind not in ("postgres", "mysql"):
+        if db.kind not in ("postgres", "mysql", "neo4j"):
             raise ConfigError(
                 f"credentials.databases.{name}.kind: {db.kind!r} is not supported; "
-                "use 'postgres' or 'mysql'"
+                "use 'postgres', 'mysql' or 'neo4j'"
             )
+        _check_neo4j(name, db)
     if not 0 < config.gateway.port < 65536:
         raise ConfigError(f"gateway.port: {config.gateway.port} is not a TCP port")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: {config.log_level!r}; use DEBUG, INFO, WARNING or ERROR")
+
+
+_NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+_NEO4J_DATABASE = re.compile(r"[A-Za-z][A-Za-z0-9.\-]{2,62}")
+
+
+def _check_neo4j(name: str, db: DatabaseConfig) -> None:
+    """The settings that only kind = "neo4j" takes, present where needed and nowhere else."""
+    where = f"credentials.databases.{name}"
+    if db.kind != "neo4j":
+        for key in ("uri", "accept_full_read"):
+            if getattr(db, key):
+                raise ConfigError(f"{where}.{key}: only for kind = 'neo4j'; remove it")
+        return
+    if not db.uri:
+        raise ConfigError(f"{where}.uri is required for neo4j, e.g. bolt://host:7687")
+    parts = urlsplit(db.uri)
+    if parts.scheme not in _NEO4J_SCHEMES or not parts.hostname:
+        raise ConfigError(
+            f"{where}.uri: {db.uri!r}; set it to bolt://host:7687 "
+            f"(schemes: {', '.join(_NEO4J_SCHEMES)})"
+        )
+    if parts.username or parts.password:
+        raise ConfigError(f"{where}.uri must not hold a user or password; use user and password")
+    for key in ("port", "socket", "socket_dir"):
+        if getattr(db, key) is not None:
+            raise ConfigError(f"{where}.{key}: not used for neo4j; put host and port in uri")
+    if not db.password:
+        env = f"SECD_CREDENTIALS__DATABASES__{name.upper()}__PASSWORD"
+        raise ConfigError(f"{where}.password is required for neo4j; set {env}")
+    if not _NEO4J_DATABASE.fullmatch(db.database) or db.database.lower() == "system":
+        raise ConfigError(f"{where}.database: {db.database!r} is not a Neo4j graph database name")
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _check_url(key: str, url: str) -> None:
+    """An http(s) base URL with a host and no credentials; plain http only to this machine."""
+    if not url:
+        raise ConfigError(f"{key} is required, e.g. https://gitlab.example.org")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"{key}: {url!r} is not an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise ConfigError(f"{key} must not hold a user or password; secrets go in their own keys")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{key}: {url!r} must not have a query or fragment")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        raise ConfigError(f"{key}: {url!r} must use https (a token would travel in clear)")
+
+
+def _check_forge_and_identity(config: Config) -> None:
+    """forge.kind git | gitlab and identity.kind file | keycloak, with their settings."""
+    forge, identity = config.forge, config.identity
+    if forge.kind not in ("git", "gitlab"):
+        raise ConfigError(f"forge.kind: {forge.kind!r} is not available; use 'git' or 'gitlab'")
+    if forge.kind == "gitlab":
+        gitlab = forge.gitlab
+        _check_url("forge.gitlab.url", gitlab.url)
+        for name in ("token", "webhook_secret"):
+            if getattr(gitlab, name) is not None and getattr(gitlab, f"{name}_file") is not None:
+                raise ConfigError(f"forge.gitlab.{name}: set either it or {name}_file, not both")
+        if not gitlab.status_name.strip():
+            raise ConfigError("forge.gitlab.status_name must not be empty")
+        if gitlab.max_hook_bytes < 1024:
+            raise ConfigError("forge.gitlab.max_hook_bytes: at least 1024")
+        if gitlab.timeout_s <= 0:
+            raise ConfigError("forge.gitlab.timeout_s: must be greater than 0")
+    if identity.kind not in ("file", "keycloak"):
+        raise ConfigError(
+            f"identity.kind: {identity.kind!r} is not available; use 'file' or 'keycloak'"
+        )
+    if identity.kind == "keycloak":
+        keycloak = identity.keycloak
+        if forge.kind != "gitlab":
+            raise ConfigError(
+                "identity.kind: 'keycloak' needs forge.kind = 'gitlab' "
+                "(the Keycloak user is found through the GitLab user's identity)"
+            )
+        _check_url("identity.keycloak.url", keycloak.url)
+        for name in ("realm", "client_id"):
+            if not getattr(keycloak, name):
+                raise ConfigError(f"identity.keycloak.{name} is required")
+        if keycloak.client_secret is not None and keycloak.client_secret_file is not None:
+            raise ConfigError(
+                "identity.keycloak.client_secret: set either it or client_secret_file, not both"
+            )
+        if keycloak.extern_uid not in ("id", "username"):
+            raise ConfigError(
+                f"identity.keycloak.extern_uid: {keycloak.extern_uid!r}; use 'id' or 'username'"
+            )
+        if not keycloak.group_root.startswith("/"):
+            raise ConfigError(
+                f"identity.keycloak.group_root: {keycloak.group_root!r} must start with '/'"
+            )
+        if not keycloak.gitlab_provider:
+            raise ConfigError("identity.keycloak.gitlab_provider is required")
+
+
+def read_secret(config: Config, key: str, value: str | None, file: str | None) -> str:
+    """A secret given as `key` (from the environment) or `key`_file; ConfigError naming the key.
+
+    The message never holds the secret, only where it was looked for.
+    """
+    env = "SECD_" + key.upper().replace(".", "__")
+    if value is not None:
+        secret = value.strip()
+    elif file is not None:
+        path = config.path(file)
+        try:
+            secret = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file: cannot read {path} ({exc.strerror})") from None
+    else:
+        raise ConfigError(f"{key} is not set; set {env} or {key}_file")
+    if len(secret) < 8 or any(c.isspace() for c in secret):
+        raise ConfigError(f"{key}: too short or holds whitespace; check {env} or {key}_file")
+    return secret

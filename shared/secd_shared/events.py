@@ -73,6 +73,8 @@ class RunPlan(Struct, frozen=True, kw_only=True):
     env_path: str
     source_path: str
     spec: RunSpec
+    # The built image by digest (repo@sha256:...) when the builder is BuildKit; None for a venv.
+    image: str | None = None
 
 
 class DatabaseAddress(Struct, frozen=True, kw_only=True):
@@ -101,6 +103,9 @@ class PushReceived(Payload, tag="push.received"):
     before: str
     after: str
     pusher: str
+    # forge = "gitlab": the ids GitLab gave the pusher and the project (names can change).
+    forge_user_id: int | None = None
+    forge_project_id: int | None = None
 
 
 class PushVerified(Payload, tag="push.verified"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
+from secd_shared.integrity import CHECKPOINT_STREAM, checkpoint_subject
 
 __all__ = ["BOOTSTRAP_USER", "CONSUMERS", "IDENTITIES", "Identity", "nats_server_config"]
 
@@ -28,6 +29,9 @@ class Identity:
     # Job output lives in its own stream: the executor writes it, the gateway serves it.
     writes_job_logs: bool = False
     reads_job_logs: bool = False
+    # Signed checkpoints of the log live in their own stream: the checkpointer writes them.
+    writes_checkpoints: bool = False
+    reads_checkpoints: bool = False
 
 
 # Durable consumer name -> the event types it delivers.
@@ -38,6 +42,18 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "credentials-revoke": ("run.finished", "run.failed", "run.rejected"),
     "executor": ("credentials.issued",),
     "publisher": ("run.finished", "run.failed", "run.rejected"),
+    # The forge's commit status follows every stage of a run (see secd_publisher.status).
+    "publisher-status": (
+        "push.received",
+        "push.verified",
+        "build.succeeded",
+        "credentials.issued",
+        "run.started",
+        "run.finished",
+        "run.failed",
+        "run.rejected",
+        "results.published",
+    ),
 }
 
 IDENTITIES: dict[str, Identity] = {
@@ -58,12 +74,19 @@ IDENTITIES: dict[str, Identity] = {
         publishes=("run.started", "run.finished", "run.failed"),
         consumers=("executor",),
         writes_job_logs=True,
+        reads_log=True,
     ),
     "publisher": Identity(
-        publishes=("results.published",), consumers=("publisher",), reads_log=True
+        publishes=("results.published",),
+        consumers=("publisher", "publisher-status"),
+        reads_log=True,
     ),
     # The officer's and the `secd runs` view: reads the log, writes nothing.
-    "auditor": Identity(publishes=(), reads_log=True),
+    "auditor": Identity(publishes=(), reads_log=True, reads_checkpoints=True),
+    # Reads the log and signs checkpoints of it; writes no event.
+    "checkpointer": Identity(
+        publishes=(), reads_log=True, writes_checkpoints=True, reads_checkpoints=True
+    ),
 }
 
 
@@ -80,6 +103,10 @@ def _permissions(name: str, identity: Identity, stream: str) -> dict:
         publish.append("secd.log.*")
     if identity.reads_job_logs:
         publish.append(f"$JS.API.DIRECT.GET.{LOG_STREAM}")
+    if identity.writes_checkpoints:
+        publish.append(checkpoint_subject(stream))
+    if identity.reads_checkpoints:
+        publish.append(f"$JS.API.DIRECT.GET.{CHECKPOINT_STREAM}")
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"_INBOX_{name}.>"]},

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from secd_shared.bus import EventBus, connect
 from secd_shared.config import Config, ConfigError, load_config
 from secd_shared.events import TERMINAL_TYPES, Producer
-from secd_shared.identities import CONSUMERS
+from secd_shared.identities import CONSUMERS, IDENTITIES
 from secd_shared.logs import configure_logging
 from secd_shared.worker import Handler, Worker
 
@@ -55,7 +55,10 @@ async def serve(
             max_deliver=config.nats.max_deliver,
             # Consumers of terminal events (revocation, publishing) react to a run that has
             # already ended: they never fail it a second time.
-            fail_runs=not set(CONSUMERS[consumer]) <= set(TERMINAL_TYPES),
+            fail_runs=not set(CONSUMERS[consumer]) <= set(TERMINAL_TYPES)
+            # A service that may not write run.failed (the publisher's commit statuses) never
+            # tries to: it gives up on the event instead.
+            and "run.failed" in IDENTITIES[service].publishes,
         )
         for consumer, handler in handlers.items()
     ]

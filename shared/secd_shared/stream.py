@@ -1,7 +1,8 @@
 """Stream and consumer bootstrap: run once by the bootstrap identity, never by a service.
 
 The log is one stream with limits retention (an acked message stays: it is the audit trail),
-deny delete, deny purge, no roll-ups, and a duplicate window of minutes.
+deny delete, deny purge, no roll-ups, and a duplicate window of minutes. Its signed checkpoints
+(see integrity.py) live in a second stream with the same protections.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from nats.js.api import (
 from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
 from secd_shared.identities import CONSUMERS
+from secd_shared.integrity import CHECKPOINT_STREAM
 
 __all__ = [
     "DUPLICATE_WINDOW_S",
+    "checkpoint_stream_config",
+    "ensure_checkpoint_stream",
     "ensure_consumers",
     "ensure_log_stream",
     "ensure_stream",
@@ -53,11 +57,39 @@ def stream_config(name: str = "SECD") -> StreamConfig:
 
 
 async def ensure_stream(js: JetStreamContext, name: str = "SECD") -> None:
-    """Create the log stream if it does not exist (an existing one is left as it is)."""
+    """Create the log stream and the checkpoint stream if missing (existing ones are kept)."""
     try:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         await js.add_stream(stream_config(name))
+    await ensure_checkpoint_stream(js)
+
+
+def checkpoint_stream_config() -> StreamConfig:
+    """The checkpoint stream: the log's signed running hashes, kept like the log itself."""
+    return StreamConfig(
+        name=CHECKPOINT_STREAM,
+        subjects=["secd.checkpoint.*"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        allow_direct=True,
+    )
+
+
+async def ensure_checkpoint_stream(js: JetStreamContext) -> None:
+    """Create the checkpoint stream if it does not exist."""
+    try:
+        await js.stream_info(CHECKPOINT_STREAM)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(checkpoint_stream_config())
 
 
 async def ensure_log_stream(js: JetStreamContext, *, max_age_days: float = 30) -> None:

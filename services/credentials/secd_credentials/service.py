@@ -16,14 +16,15 @@ from datetime import UTC, datetime, timedelta
 from secd_credentials.accounts import ACCOUNT_PREFIX, account_name, new_password
 from secd_credentials.backends import (
     MariaDBSettings,
+    Neo4jSettings,
     PostgresSettings,
     make_backend,
 )
 from secd_credentials.backends.base import Backend
 from secd_credentials.groups import grants_for
-from secd_credentials.identity import FileIdentity, IdentityError
+from secd_credentials.identity import IdentityError, NoIdentity, make_identity
 from secd_shared.bus import EventBus, StoredEvent
-from secd_shared.config import Config, DatabaseConfig
+from secd_shared.config import Config, ConfigError, DatabaseConfig
 from secd_shared.events import (
     TERMINAL_TYPES,
     BuildSucceeded,
@@ -47,7 +48,8 @@ class Credentials:
     def __init__(self, config: Config, bus: EventBus) -> None:
         self.bus = bus
         self.settings = config.credentials
-        self.identity = FileIdentity(config.path(config.identity.groups_file))
+        # The groups file, or Keycloak through GitLab (identity.kind).
+        self.identity = make_identity(config)
         self.producer = producer_for("credentials")
         # An account with no credentials.issued this old cannot belong to a run in progress.
         self.orphan_after_s = config.builder.max_runfor_h * 3600 + config.builder.timeout_s
@@ -73,7 +75,9 @@ class Credentials:
                 f"secd.yml: database {name!r} is not configured at this site (available: {known})"
             )
         try:
-            groups = self.identity.groups_of(event.actor)
+            groups = await asyncio.to_thread(self.identity.groups_of, event.actor)
+        except NoIdentity as exc:
+            raise PermanentError(str(exc)) from None
         except IdentityError as exc:
             raise TransientError(str(exc)) from None
         tables, refused = grants_for(groups, backend.kind)
@@ -101,7 +105,7 @@ class Credentials:
         if not result.granted:
             await backend.revoke(account)
             raise PermanentError(
-                f"none of the tables in {event.actor}'s groups exist in database {name!r}"
+                f"nothing in {event.actor}'s groups could be granted on database {name!r}"
                 + _refusals(refused)
             )
         log.info(
@@ -223,8 +227,16 @@ class Credentials:
             await backend.close()
 
 
-def backend_settings(db: DatabaseConfig) -> PostgresSettings | MariaDBSettings:
+def backend_settings(db: DatabaseConfig) -> PostgresSettings | MariaDBSettings | Neo4jSettings:
     """The backend settings for one configured database."""
+    if db.kind == "neo4j":
+        return Neo4jSettings(
+            uri=db.uri or "",
+            user=db.user or "neo4j",
+            password=db.password or "",
+            database=db.database,
+            accept_full_read=db.accept_full_read,
+        )
     if db.kind == "postgres":
         return PostgresSettings(
             database=db.database,
@@ -267,7 +279,10 @@ async def setup(config: Config, bus: EventBus):
     """Two consumers (issue before the run, revoke after it) and the sweeper beside them."""
     if not config.credentials.executor_public_key:
         raise SystemExit("secd-credentials: credentials.executor_public_key is required")
-    credentials = Credentials(config, bus)
+    try:
+        credentials = Credentials(config, bus)
+    except ConfigError as exc:
+        raise SystemExit(f"secd-credentials: {exc}") from None
     sweeper = asyncio.create_task(credentials.sweep_forever())
 
     async def cleanup() -> None:

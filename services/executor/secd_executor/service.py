@@ -13,7 +13,7 @@ from pathlib import Path
 
 from secd_executor.logship import LogShipper
 from secd_executor.relay import DatabaseRelay
-from secd_executor.sandbox import SandboxSpec, log_tail, run_sandboxed
+from secd_executor.sandbox import SandboxSpec, run_sandboxed
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
@@ -25,7 +25,8 @@ __all__ = ["Executor", "setup"]
 
 log = logging.getLogger("secd.executor")
 
-DB_PORTS = {"postgres": 5432, "mysql": 3306}
+ENDED = ("run.finished", "run.failed")
+DB_PORTS = {"postgres": 5432, "mysql": 3306, "neo4j": 7687}
 
 
 class Executor:
@@ -45,6 +46,10 @@ class Executor:
         issued = event.payload
         assert isinstance(issued, CredentialsIssued)
         plan, spec = issued.plan, issued.plan.spec
+        if any(s.event.type in ENDED for s in await self.bus.read_run(event.run_id)):
+            # Redelivered after the run had already ended (a crash before the ack): a job runs
+            # at most once to its end, and a run never gets two endings.
+            return []
         run_dir = self.runs_dir / event.run_id
         output = run_dir / "output"
         # A redelivery after a crash starts over: no half-written output from the earlier try.
@@ -63,7 +68,15 @@ class Executor:
             if address.socket
             else {"host": address.host, "port": address.port}
         )
-        relay = DatabaseRelay(run_dir / "db.sock", uid=self.uid, **target)
+        # The relay admits only this run's account (and database): see relay.py.
+        relay = DatabaseRelay(
+            run_dir / "db.sock",
+            account=issued.account,
+            kind=address.kind,
+            database=address.database,
+            uid=self.uid,
+            **target,
+        )
         environment = {
             "DB_USER": issued.account,
             "DB_PASS": unseal(self.key, issued.sealed_password),
@@ -71,6 +84,9 @@ class Executor:
             "DB_PORT": str(port),
             "DB_NAME": issued.address.database,
         }
+        if cache is not None:
+            # Where secd.cache finds the mounted cache; without it, it caches nothing (no fallback).
+            environment["SECD_CACHE_DIR"] = spec.mount_path
         sandbox = SandboxSpec(
             name=f"secd-{event.run_id}",
             command=list(spec.command),
@@ -115,14 +131,12 @@ class Executor:
         if result.timed_out:
             raise PermanentError(
                 f"the job ran longer than runfor ({spec.runfor:g} h) and was stopped",
-                log_tail=log_tail(log_path),
                 exit_code=result.exit_code,
                 **common,
             )
         if result.exit_code != 0:
             raise PermanentError(
                 f"the job exited with code {result.exit_code}",
-                log_tail=log_tail(log_path),
                 exit_code=result.exit_code,
                 **common,
             )
@@ -136,5 +150,12 @@ def _safe(researcher: str) -> str:
 
 
 async def setup(config: Config, bus: EventBus):
-    """The executor's one consumer."""
+    """The executor's one consumer: a bubblewrap sandbox, or a Kubernetes Job (executor.kind)."""
+    if config.executor.kind == "kubernetes":
+        from secd_executor.kubernetes import KubernetesExecutor
+        from secd_executor.runtime import RuntimeExecutor
+
+        runtime = KubernetesExecutor.from_config(config)
+        runtime.start_reaper()
+        return {"executor": RuntimeExecutor(config, bus, runtime).on_issued}, runtime.close
     return {"executor": Executor(config, bus).on_issued}

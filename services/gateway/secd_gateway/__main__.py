@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from secd_gateway.app import create_app, read_token
+from secd_gateway.gitlab_hook import read_webhook_secret
 from secd_shared.bus import EventBus, connect
 from secd_shared.config import ConfigError, load_config
 from secd_shared.logs import configure_logging
@@ -17,7 +18,9 @@ def main() -> None:
     """Start the gateway with the config from SECD_CONFIG and the environment."""
     try:
         config = load_config()
-        token = read_token(config)
+        gitlab_secret = read_webhook_secret(config) if config.forge.kind == "gitlab" else None
+        # With GitLab, the embedded forge's hook (and its token file) is not served.
+        token = read_token(config) if gitlab_secret is None else ""
     except (ConfigError, OSError, ValueError) as exc:
         print(f"secd-gateway: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -25,7 +28,7 @@ def main() -> None:
 
     async def serve() -> None:
         bus = EventBus(await connect(config.nats, "gateway"), config.nats.stream)
-        app = create_app(config, bus, token)
+        app = create_app(config, bus, token, gitlab_secret=gitlab_secret)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

@@ -23,6 +23,8 @@ from secd_shared.forge import ForgeError, validate_repository_name
 from secd_shared.runs import fold_run, fold_runs
 from secd_shared.service import producer_for
 
+from .gitlab_hook import add_gitlab_hook
+
 __all__ = ["HookBody", "create_app"]
 
 log = logging.getLogger("secd.gateway")
@@ -58,16 +60,24 @@ def _check_body(body: HookBody) -> None:
         raise HTTPException(422, "pusher is not a valid account name")
 
 
-def create_app(config: Config, bus: EventBus, token: str) -> FastAPI:
-    """The gateway's HTTP API, bound to a bus and the forge's shared token."""
+def create_app(
+    config: Config, bus: EventBus, token: str, *, gitlab_secret: str | None = None
+) -> FastAPI:
+    """The gateway's HTTP API, bound to a bus and the forge's shared token (or GitLab's secret)."""
     producer = producer_for("gateway")
     limit = config.gateway.max_body_bytes
 
     app = FastAPI(title="secd gateway", version=producer.version)
+    if config.forge.kind == "gitlab":
+        if not gitlab_secret:
+            raise ValueError("forge.kind is gitlab: the gateway needs the hook's secret token")
+        add_gitlab_hook(app, config, bus, gitlab_secret, producer)
 
     @app.post("/hooks/git", status_code=202)
     async def git_hook(request: Request) -> JSONResponse:
         """The embedded forge's post-receive hook: one pushed ref -> push.received."""
+        if config.forge.kind != "git":
+            raise HTTPException(404, f"this gateway serves forge.kind = {config.forge.kind!r}")
         given = request.headers.get("x-secd-token", "")
         # Constant-time comparison: the token must not leak through timing.
         if not hmac.compare_digest(given.encode(), token.encode()):
@@ -128,7 +138,13 @@ def create_app(config: Config, bus: EventBus, token: str) -> FastAPI:
         stored = await bus.read_run(run_id)
         if not stored:
             raise HTTPException(404, "no such run")
-        return fold_run(run_id, [s.event for s in stored]).as_dict()
+        view = fold_run(run_id, [s.event for s in stored])
+        if not view.log_tail and any(s.event.type == "run.started" for s in stored):
+            # The job's output is not in the audit log: its tail comes from the job-log stream.
+            last = await bus.last(log_subject(run_id), stream=LOG_STREAM)
+            if last:
+                view.log_tail = "\n".join(last.decode("utf-8", "replace").splitlines()[-20:])
+        return view.as_dict()
 
     @app.get("/runs/{run_id}/logs")
     async def run_logs(run_id: str, follow: bool = False) -> StreamingResponse:

@@ -13,13 +13,15 @@ import os
 import stat
 from pathlib import Path
 
-from secd_publisher.branch import PublishError, publish_branch
+from secd_publisher.branch import PublishError
+from secd_publisher.forge import ForgeUnavailable, ResultsForge, make_results_forge
+from secd_publisher.status import StatusReporter
 from secd_shared.bus import EventBus, StoredEvent
-from secd_shared.config import Config
+from secd_shared.config import Config, ConfigError
 from secd_shared.events import PushReceived, ResultsPublished
-from secd_shared.forge import ForgeError, repository_path
+from secd_shared.forge import ForgeError
 from secd_shared.runs import RunView, fold_run
-from secd_shared.worker import PermanentError
+from secd_shared.worker import PermanentError, TransientError
 
 __all__ = ["Publisher", "collect_outputs", "setup"]
 
@@ -57,9 +59,10 @@ def collect_outputs(output: Path) -> tuple[dict[str, Path], list[dict]]:
 class Publisher:
     """Writes each run's outcome to its repository."""
 
-    def __init__(self, config: Config, bus: EventBus) -> None:
+    def __init__(self, config: Config, bus: EventBus, forge: ResultsForge | None = None) -> None:
         self.bus = bus
-        self.forge_root = config.path(config.forge.root)
+        # The embedded forge's repositories, or GitLab (forge.kind).
+        self.forge = forge if forge is not None else make_results_forge(config)
         self.prefix = config.forge.results_prefix
         self.author = (config.publisher.author_name, config.publisher.author_email)
 
@@ -72,17 +75,17 @@ class Publisher:
         push = next((e.payload for e in events if e.type == "push.received"), None)
         if not isinstance(push, PushReceived):
             raise PermanentError("the run has no push.received event; nothing to publish to")
-        try:
-            repo = repository_path(self.forge_root, push.repository)
-        except ForgeError as exc:
-            raise PermanentError(str(exc)) from None
         view = fold_run(stored.event.run_id, events)
         try:
-            return [await asyncio.to_thread(self._publish, repo, push, view, events)]
+            return [await asyncio.to_thread(self._publish, push, view, events)]
+        except ForgeError as exc:
+            raise PermanentError(str(exc)) from None
+        except ForgeUnavailable as exc:
+            raise TransientError(str(exc)) from None
         except PublishError as exc:
             raise PermanentError(f"the results could not be written: {exc}") from None
 
-    def _publish(self, repo: Path, push: PushReceived, view: RunView, events) -> ResultsPublished:
+    def _publish(self, push: PushReceived, view: RunView, events) -> ResultsPublished:
         terminal = next(
             e for e in reversed(events) if e.type in ("run.finished", "run.failed", "run.rejected")
         )
@@ -93,6 +96,9 @@ class Publisher:
         content: dict[str, Path | bytes] = dict(files)
         if log_path and Path(log_path).is_file():
             content["secd-run.log"] = Path(log_path)
+            # The job's output never enters the audit log; its tail is read here, for the
+            # researcher's summary only.
+            view.log_tail = view.log_tail or _tail(Path(log_path))
         manifest = {
             "run_id": view.run_id,
             "outcome": view.outcome,
@@ -113,14 +119,12 @@ class Publisher:
         content["secd-manifest.json"] = json.dumps(manifest, indent=2).encode() + b"\n"
         content["SECD-RESULT.md"] = _summary(view, excluded).encode()
         branch = f"{self.prefix}{view.run_id}"
-        head = push.after
-        commit = publish_branch(
-            repo,
+        commit = self.forge.publish(
+            push,
             branch,
-            head,
             content,
             f"secd: {view.outcome} run {view.run_id}\n\n{view.reason or 'ok'}\n",
-            author=self.author,
+            self.author,
         )
         return ResultsPublished(
             repository=push.repository,
@@ -129,6 +133,13 @@ class Publisher:
             outcome=view.outcome or "unknown",
             files=sorted(content),
         )
+
+
+def _tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last lines of a log file, read from its end."""
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - max_bytes))
+        return "\n".join(fh.read().decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _summary(view: RunView, excluded: list[dict]) -> str:
@@ -150,5 +161,13 @@ def _summary(view: RunView, excluded: list[dict]) -> str:
 
 
 async def setup(config: Config, bus: EventBus):
-    """The publisher's one consumer."""
-    return {"publisher": Publisher(config, bus).on_ended}
+    """Two consumers: results at a run's end, the forge's commit status at every stage."""
+    try:
+        forge = make_results_forge(config)
+    except ConfigError as exc:
+        raise SystemExit(f"secd-publisher: {exc}") from None
+    statuses = StatusReporter(bus, forge, config.forge.results_prefix)
+    return {
+        "publisher": Publisher(config, bus, forge).on_ended,
+        "publisher-status": statuses.on_event,
+    }
