@@ -397,3 +397,26 @@ async def test_secd_runs_lists_and_shows_runs(stack, repo):
     assert f"results: branch secd/{run_id}" in shown
     as_json = json.loads(secd("runs", "show", run_id, "--json"))
     assert as_json["outcome"] == "rejected" and as_json["commit"] == head
+
+
+async def test_a_failed_job_s_output_reaches_the_researcher_but_never_the_audit_log(stack, repo):
+    marker = "patient-row-7f3a"
+    job = f"import sys\nprint('{marker}', flush=True)\nsys.exit(3)\n"
+    head = repo.commit({"main.py": job, "secd.yml": "runfor: 0.05\n"})
+    repo.push()
+    run = await _run_of(stack, head, "results.published")
+    failed = next(s.event.payload for s in run if s.event.type == "run.failed")
+    assert failed.reason == "the job exited with code 3" and failed.exit_code == 3
+    assert all(marker.encode() not in s.data for s in run)
+    run_id = run[0].event.run_id
+    shown = subprocess.run(
+        [sys.executable, "-m", "secd", "--state-dir", str(stack.state_dir), "runs", "show", run_id],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "reason: the job exited with code 3" in shown and marker in shown
+    git_dir = stack.state_dir / "forge" / f"{run[0].event.project}.git"
+    summary = subprocess.run(
+        ["git", "--git-dir", str(git_dir), "show", f"secd/{run_id}:SECD-RESULT.md"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "the job exited with code 3" in summary and marker in summary
