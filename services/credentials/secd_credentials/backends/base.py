@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -103,14 +104,16 @@ def check_issue_args(
         )
 
 
-def split_tables(tables: list[str]) -> tuple[list[str], list[Refusal]]:
-    """Well-formed table names (in order, once each) and refusals for the malformed ones."""
+def split_tables(
+    tables: list[str], problem_of: Callable[[object], str | None] = table_problem
+) -> tuple[list[str], list[Refusal]]:
+    """Well-formed names (in order, once each) and refusals for the malformed ones."""
     if isinstance(tables, str):
-        raise TypeError("tables must be a list of names, not one string")
+        raise TypeError("names must be a list, not one string")
     good: list[str] = []
     refused: list[Refusal] = []
     for table in tables:
-        problem = table_problem(table)
+        problem = problem_of(table)
         if problem is not None:
             refused.append(Refusal(name=str(table), reason=problem))
         elif table not in good:

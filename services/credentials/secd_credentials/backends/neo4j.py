@@ -28,7 +28,7 @@ from secd_shared.events import DatabaseAddress, Refusal
 
 from ..accounts import ACCOUNT_PATTERN, ACCOUNT_PREFIX
 from ..groups import table_problem
-from .base import BackendError, IssueResult, check_account, check_issue_args, redact
+from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
 
 __all__ = [
     "COMMUNITY_REFUSAL",
@@ -158,20 +158,6 @@ def quote_label(label: str) -> str:
     return "`" + label.replace("`", "``") + "`"
 
 
-def _split_labels(labels: list[str]) -> tuple[list[str], list[Refusal]]:
-    if isinstance(labels, str):
-        raise TypeError("labels must be a list of names, not one string")
-    good: list[str] = []
-    refused: list[Refusal] = []
-    for label in labels:
-        problem = label_problem(label)
-        if problem is not None:
-            refused.append(Refusal(name=str(label), reason=problem))
-        elif label not in good:
-            good.append(label)
-    return good, refused
-
-
 class _Result(Protocol):
     async def data(self) -> list[dict[str, Any]]: ...
 
@@ -275,7 +261,7 @@ class Neo4jBackend:
             max_connections=max_connections,
             statement_timeout_s=statement_timeout_s,
         )
-        wanted, refused = _split_labels(tables)
+        wanted, refused = split_tables(tables, label_problem)
         try:
             edition = await self.edition()
             if edition == "community" and not self.settings.accept_full_read:
