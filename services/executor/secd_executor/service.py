@@ -39,6 +39,8 @@ class Executor:
         self.uid = config.executor.sandbox_uid
         self.key = load_private_key(config.path(config.executor.private_key_file))
         self.producer = producer_for("executor")
+        self.work_dir = config.path(config.builder.work_dir)
+        self.envs_dir = config.path(config.builder.envs_dir)
 
     async def on_issued(self, stored: StoredEvent) -> list[RunFinished]:
         """Run the researcher's command; its exit code decides finished or failed."""
@@ -56,9 +58,13 @@ class Executor:
         shutil.rmtree(output, ignore_errors=True)
         output.mkdir(parents=True)
         run_dir.chmod(0o711)
+        # Zero trust: paths from an event are used only inside the folders they belong to.
+        _inside(Path(plan.source_path), self.work_dir, "source")
+        _inside(Path(plan.env_path), self.envs_dir, "environment")
         cache = None
         if spec.cache_dir:
-            cache = self.cache_root / _safe(event.actor) / spec.cache_dir
+            researcher_cache = self.cache_root / _safe(event.actor)
+            cache = _inside(researcher_cache / spec.cache_dir, researcher_cache, "cache_dir")
             cache.mkdir(parents=True, exist_ok=True)
         port = DB_PORTS[issued.address.kind]
         address = issued.address
@@ -141,6 +147,14 @@ class Executor:
                 **common,
             )
         return [RunFinished(exit_code=0, duration_s=round(result.duration_s, 3), **common)]
+
+
+def _inside(path: Path, root: Path, what: str) -> Path:
+    """`path`, resolved, when it lies under `root`; else the run fails (a forged event)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise PermanentError(f"the run's {what} is not where secd keeps them; not run")
+    return resolved
 
 
 def _safe(researcher: str) -> str:
