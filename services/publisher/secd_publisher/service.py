@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -22,6 +23,8 @@ from secd_shared.events import PushReceived, ResultsPublished
 from secd_shared.forge import ForgeError
 from secd_shared.runs import RunView, fold_run
 from secd_shared.worker import PermanentError, TransientError
+
+log = logging.getLogger("secd.publisher")
 
 __all__ = ["Publisher", "collect_outputs", "setup"]
 
@@ -65,6 +68,21 @@ class Publisher:
         self.forge = forge if forge is not None else make_results_forge(config)
         self.prefix = config.forge.results_prefix
         self.author = (config.publisher.author_name, config.publisher.author_email)
+        self.runs_dir = config.path(config.executor.runs_dir).resolve()
+
+    def _ours(self, path: str | None) -> str | None:
+        """A path from an event, only when it lies in the executor's runs folder.
+
+        Zero trust: a forged event must not make the publisher (outside any sandbox) copy
+        files of this machine into a repository.
+        """
+        if not path:
+            return None
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.runs_dir):
+            log.warning("ignoring %s: not in the runs folder", path)
+            return None
+        return str(resolved)
 
     async def on_ended(self, stored: StoredEvent) -> list[ResultsPublished]:
         """Publish the outcome of one run."""
@@ -90,8 +108,8 @@ class Publisher:
             e for e in reversed(events) if e.type in ("run.finished", "run.failed", "run.rejected")
         )
         payload = terminal.payload
-        output_path = getattr(payload, "output_path", None)
-        log_path = getattr(payload, "log_path", None)
+        output_path = self._ours(getattr(payload, "output_path", None))
+        log_path = self._ours(getattr(payload, "log_path", None))
         files, excluded = collect_outputs(Path(output_path)) if output_path else ({}, [])
         content: dict[str, Path | bytes] = dict(files)
         if log_path and Path(log_path).is_file():
