@@ -148,6 +148,37 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_repo_create(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from secd_shared.forge import ForgeError, create_repository
+
+    state = Path(args.state_dir).resolve()
+    try:
+        config = tomllib.loads((state / "secd.toml").read_text())
+    except OSError:
+        print(f"secd: no {state / 'secd.toml'}; run `secd up` once first", file=sys.stderr)
+        return 1
+    if config.get("forge", {}).get("kind", "git") != "git":
+        print(
+            "secd: repositories live in GitLab here (forge.kind); create them there",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        path = create_repository(
+            state / config["forge"].get("root", "forge"),
+            args.name,
+            gateway_url=f"http://127.0.0.1:{config['gateway']['port']}",
+            token_file=Path(config["gateway"]["token_file"]),
+        )
+    except ForgeError as exc:
+        print(f"secd: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from secd.init import init_project
 
@@ -306,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = checkpoints_sub.add_parser("export", help="write them as JSON lines, to keep offline")
     export.add_argument("file", help="where to write them (- for standard output)")
     export.set_defaults(func=_cmd_audit_export)
+
+    repo = sub.add_parser("repo", help="repositories of the embedded forge")
+    repo_sub = repo.add_subparsers(dest="repo_command", required=True)
+    create = repo_sub.add_parser(
+        "create", help="create (or refresh the hook of) a bare repository; prints its path"
+    )
+    create.add_argument("name", help="project path, e.g. alice/diabetes-model")
+    create.set_defaults(func=_cmd_repo_create)
 
     init = sub.add_parser(
         "init", help="start a project: secd.yml, an example job, .gitignore; check git signing"
