@@ -13,6 +13,10 @@ from pathlib import Path
 __all__ = ["main"]
 
 DEFAULT_STATE = Path(os.environ.get("SECD_STATE_DIR", "var"))
+UNAUTHORIZED_HELP = (
+    "secd: the gateway asks for its read token: set SECD_READ_TOKEN, or run as an account "
+    "that can read the state folder's secrets/read-token"
+)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -51,27 +55,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _gateway_url(args: argparse.Namespace) -> str:
     if args.gateway:
         return args.gateway
+    port = _state_config(args).get("gateway", {}).get("port")
+    if port is None:
+        raise SystemExit(f"secd: no gateway given and no port in {args.state_dir}/secd.toml")
+    return f"http://127.0.0.1:{port}"
+
+
+def _state_config(args: argparse.Namespace) -> dict:
     import tomllib
 
-    config = Path(args.state_dir) / "secd.toml"
     try:
-        port = tomllib.loads(config.read_text())["gateway"]["port"]
-    except (OSError, KeyError) as exc:
-        raise SystemExit(
-            f"secd: no gateway given and {config} unreadable ({exc}); use --gateway"
-        ) from None
-    return f"http://127.0.0.1:{port}"
+        return tomllib.loads((Path(args.state_dir) / "secd.toml").read_text())
+    except OSError:
+        return {}
+
+
+def _read_headers(args: argparse.Namespace) -> dict[str, str]:
+    """The gateway's read token: $SECD_READ_TOKEN, else the state folder's token file."""
+    token = os.environ.get("SECD_READ_TOKEN")
+    if not token:
+        path = _state_config(args).get("gateway", {}).get("read_token_file")
+        try:
+            token = Path(path).read_text().strip() if path else None
+        except OSError:
+            token = None
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     import httpx
 
     base = _gateway_url(args)
+    headers = _read_headers(args)
     try:
         if args.run_id:
-            response = httpx.get(f"{base}/runs/{args.run_id}", timeout=10)
+            response = httpx.get(f"{base}/runs/{args.run_id}", headers=headers, timeout=10)
         else:
-            response = httpx.get(f"{base}/runs", params={"limit": args.limit}, timeout=10)
+            response = httpx.get(
+                f"{base}/runs", params={"limit": args.limit}, headers=headers, timeout=10
+            )
     except httpx.HTTPError as exc:
         print(
             f"secd: the gateway at {base} is not reachable ({exc}); is `secd up` running?",
@@ -80,6 +102,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         return 1
     if response.status_code == 404:
         print(f"secd: no run {args.run_id}", file=sys.stderr)
+        return 1
+    if response.status_code == 401:
+        print(UNAUTHORIZED_HELP, file=sys.stderr)
         return 1
     response.raise_for_status()
     data = response.json()
@@ -132,9 +157,18 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     try:
         # Following waits as long as the run lasts: no read timeout, but a connect timeout.
         timeout = httpx.Timeout(10.0, read=None)
-        with httpx.stream("GET", url, params={"follow": args.follow}, timeout=timeout) as response:
+        with httpx.stream(
+            "GET",
+            url,
+            params={"follow": args.follow},
+            headers=_read_headers(args),
+            timeout=timeout,
+        ) as response:
             if response.status_code == 404:
                 print(f"secd: no run {args.run_id}", file=sys.stderr)
+                return 1
+            if response.status_code == 401:
+                print(UNAUTHORIZED_HELP, file=sys.stderr)
                 return 1
             response.raise_for_status()
             for chunk in response.iter_raw():

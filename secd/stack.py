@@ -115,6 +115,10 @@ class Stack:
         token_file = self.state_dir / "secrets" / "hook-token"
         if not token_file.exists():
             _write_private(token_file, secrets.token_urlsafe(32))
+        # Reading runs and job logs from the gateway takes this token (`secd runs` finds it).
+        read_token_file = self.state_dir / "secrets" / "read-token"
+        if not read_token_file.exists():
+            _write_private(read_token_file, secrets.token_urlsafe(32))
         key_file = self.state_dir / "secrets" / "executor.key"
         public_file = self.state_dir / "secrets" / "executor.pub"
         if not key_file.exists():
@@ -143,6 +147,7 @@ class Stack:
         if self.databases is not None:
             config["credentials"]["databases"] = self.databases
         config.setdefault("checkpointer", {"private_key_file": str(checkpoint_key)})
+        config["gateway"].setdefault("read_token_file", str(read_token_file))
         for section, values in self.extra_config.items():
             config.setdefault(section, {}).update(values)
         self.config_path.write_text(_toml(config))

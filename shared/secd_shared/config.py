@@ -72,6 +72,8 @@ class GatewayConfig(_Section):
     port: int = 8740
     token_file: str = "gateway/hook-token"  # noqa: S105 - a path, not a secret
     max_body_bytes: int = 65536
+    # When set, reading runs and job logs needs `Authorization: Bearer <this file's token>`.
+    read_token_file: str | None = None
 
 
 class GitLabConfig(_Section):

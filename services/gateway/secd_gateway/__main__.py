@@ -21,6 +21,11 @@ def main() -> None:
         gitlab_secret = read_webhook_secret(config) if config.forge.kind == "gitlab" else None
         # With GitLab, the embedded forge's hook (and its token file) is not served.
         token = read_token(config) if gitlab_secret is None else ""
+        reader_token = (
+            read_token(config, config.gateway.read_token_file)
+            if config.gateway.read_token_file
+            else None
+        )
     except (ConfigError, OSError, ValueError) as exc:
         print(f"secd-gateway: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -28,7 +33,7 @@ def main() -> None:
 
     async def serve() -> None:
         bus = EventBus(await connect(config.nats, "gateway"), config.nats.stream)
-        app = create_app(config, bus, token, gitlab_secret=gitlab_secret)
+        app = create_app(config, bus, token, gitlab_secret=gitlab_secret, read_token=reader_token)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

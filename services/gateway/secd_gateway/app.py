@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from secd_gateway.body import read_body
@@ -62,11 +62,33 @@ def _check_body(body: HookBody) -> None:
 
 
 def create_app(
-    config: Config, bus: EventBus, token: str, *, gitlab_secret: str | None = None
+    config: Config,
+    bus: EventBus,
+    token: str,
+    *,
+    gitlab_secret: str | None = None,
+    read_token: str | None = None,
 ) -> FastAPI:
-    """The gateway's HTTP API, bound to a bus and the forge's shared token (or GitLab's secret)."""
+    """The gateway's HTTP API, bound to a bus and the forge's shared token (or GitLab's secret).
+
+    With `read_token`, the read API (runs, job logs) answers only requests that carry it.
+    """
     producer = producer_for("gateway")
     limit = config.gateway.max_body_bytes
+
+    def reader(request: Request) -> None:
+        if read_token is None:
+            return
+        given = request.headers.get("authorization", "")
+        # Constant-time, like the hook's token: runs and job output are researchers' data.
+        if not hmac.compare_digest(given.encode(), f"Bearer {read_token}".encode()):
+            raise HTTPException(
+                401,
+                "missing or wrong Authorization: Bearer <read token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    readers = [Depends(reader)]
 
     app = FastAPI(title="secd gateway", version=producer.version)
     if config.forge.kind == "gitlab":
@@ -114,7 +136,7 @@ def create_app(
         log.info("push received", extra={"run_id": run_id, "project": body.repository})
         return JSONResponse({"run_id": run_id}, status_code=202)
 
-    @app.get("/runs")
+    @app.get("/runs", dependencies=readers)
     async def list_runs(limit: int = 50, researcher: str | None = None) -> dict:
         """Recent runs, newest first, each folded from its events."""
         events = [stored.event async for stored in bus.read()]
@@ -124,7 +146,7 @@ def create_app(
         views.sort(key=lambda v: v.created or 0, reverse=True)
         return {"runs": [v.as_dict() for v in views[: max(1, min(limit, 1000))]]}
 
-    @app.get("/runs/{run_id}")
+    @app.get("/runs/{run_id}", dependencies=readers)
     async def show_run(run_id: str) -> dict:
         """One run: its state, stage timings, outcome and events."""
         if not _RUN_ID.match(run_id):
@@ -140,7 +162,7 @@ def create_app(
                 view.log_tail = "\n".join(last.decode("utf-8", "replace").splitlines()[-20:])
         return view.as_dict()
 
-    @app.get("/runs/{run_id}/logs")
+    @app.get("/runs/{run_id}/logs", dependencies=readers)
     async def run_logs(run_id: str, follow: bool = False) -> StreamingResponse:
         """The job's output; with follow=true it keeps streaming until the run has ended."""
         if not _RUN_ID.match(run_id) or not await bus.read_run(run_id):
@@ -171,9 +193,9 @@ def create_app(
     return app
 
 
-def read_token(config: Config) -> str:
-    """The shared hook token, from its file."""
-    path = Path(config.path(config.gateway.token_file))
+def read_token(config: Config, file: str | None = None) -> str:
+    """A token from its file (default: the hook's), at least 16 characters."""
+    path = Path(config.path(file or config.gateway.token_file))
     token = path.read_text().strip()
     if len(token) < 16:
         raise ValueError(f"{path} holds a token shorter than 16 characters")
