@@ -32,11 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from secd.audit import wait_for_commit
 from secd.demo import RESEARCHER, _git, _make_key, _seed_patients
 from secd.stack import Stack
 from secd_shared.bus import EventBus, connect
 from secd_shared.config import NatsConfig
-from secd_shared.events import subject_for
 from secd_shared.forge import create_repository
 from secd_shared.runs import fold_run
 
@@ -51,24 +51,6 @@ Path(os.environ["OUTPUT_PATH"], "result.txt").write_text("ok\\n")
 print("trivial job done")
 """
 SECD_YML = 'runfor: 0.05\ngpu: false\ncommand: ["python", "main.py"]\n'
-
-
-async def _published(bus: EventBus, head: str, cursor: list[int]) -> list:
-    """Poll the log until the run of pushed commit `head` is published; return its events."""
-    deadline = time.monotonic() + TIMEOUT_S
-    run_id = None
-    while time.monotonic() < deadline:
-        if run_id is None:
-            async for stored in bus.read(subject_for("*", "push.received"), start_seq=cursor[0]):
-                cursor[0] = stored.seq + 1
-                if stored.event.payload.after == head:
-                    run_id = stored.event.run_id
-        if run_id is not None:
-            done = [s async for s in bus.read(subject_for(run_id, "results.published"))]
-            if done:
-                return [s.event for s in await bus.read_run(run_id)]
-        await asyncio.sleep(POLL_S)
-    raise TimeoutError(f"commit {head[:7]} not published within {TIMEOUT_S:.0f} s")
 
 
 def _project(stack: Stack, root: Path) -> tuple[Path, dict]:
@@ -105,7 +87,7 @@ def _project(stack: Stack, root: Path) -> tuple[Path, dict]:
     return work, env
 
 
-async def _pipeline_run(bus: EventBus, work: Path, env: dict, n: int, cursor: list[int]):
+async def _pipeline_run(bus: EventBus, work: Path, env: dict, n: int):
     """Commit (signed) and push; return (seconds until seen published, stage seconds).
 
     Besides fold_run's stages: `push` runs from just before `git push` to push.received's time,
@@ -117,7 +99,8 @@ async def _pipeline_run(bus: EventBus, work: Path, env: dict, n: int, cursor: li
     head = _git(work, "rev-parse", "HEAD")
     wall, started = time.time(), time.perf_counter()
     _git(work, "push", "--quiet", "origin", "main", env=env)
-    events = await _published(bus, head, cursor)
+    run = await wait_for_commit(bus, head, "results.published", timeout=TIMEOUT_S, interval=POLL_S)
+    events = [stored.event for stored in run]
     elapsed, seen = time.perf_counter() - started, time.time()
     view = fold_run(events[0].run_id, events)
     if view.outcome != "succeeded":
@@ -167,12 +150,11 @@ async def bench(runs: int) -> str:
                 )
             )
             try:
-                cursor = [1]
-                warm, _ = await _pipeline_run(bus, work, env, 0, cursor)
+                warm, _ = await _pipeline_run(bus, work, env, 0)
                 print(f"warm-up (builds the environment): {warm:.3f} s")
                 pipeline, stages = [], []
                 for n in range(1, runs + 1):
-                    elapsed, stage = await _pipeline_run(bus, work, env, n, cursor)
+                    elapsed, stage = await _pipeline_run(bus, work, env, n)
                     pipeline.append(elapsed)
                     stages.append(stage)
                     detail = " ".join(f"{k}={v:.3f}" for k, v in stage.items())

@@ -17,6 +17,7 @@ import csv
 import json
 import re
 import sys
+import time
 import tomllib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ __all__ = [
     "replay_records",
     "summarize",
     "verify_command",
+    "wait_for_commit",
     "write_access",
     "write_report",
 ]
@@ -93,6 +95,29 @@ async def open_log(state_dir: Path):
     except TimeoutError:
         raise AuditError(f"NATS at {url} is not reachable; is `secd up` running?") from None
     return EventBus(nc, config["nats"].get("stream", "SECD"))
+
+
+async def wait_for_commit(
+    bus, head: str, event_type: str, *, timeout: float = 120.0, interval: float = 0.05
+) -> list:
+    """The stored events of the run that pushing commit `head` started, once the run has an
+    event of `event_type`; TimeoutError after `timeout` seconds."""
+    from secd_shared.events import subject_for
+
+    deadline = time.monotonic() + timeout
+    cursor, run_id = 1, None
+    while True:
+        if run_id is None:
+            # Only the pushes not looked at yet; the first one of this commit names the run.
+            async for stored in bus.read(subject_for("*", "push.received"), start_seq=cursor):
+                cursor = stored.seq + 1
+                if run_id is None and stored.event.payload.after == head:
+                    run_id = stored.event.run_id
+        if run_id is not None and await bus.last(subject_for(run_id, event_type)) is not None:
+            return await bus.read_run(run_id)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {event_type} for commit {head[:7]} within {timeout:g} s")
+        await asyncio.sleep(interval)
 
 
 def summarize(event) -> str:

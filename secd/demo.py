@@ -8,7 +8,6 @@ commit, which is refused with the commit named. Exit status 0 only if both happe
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import os
@@ -20,6 +19,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from secd.audit import open_log, wait_for_commit
 from secd.stack import SERVICES, Stack
 
 __all__ = ["run_demo"]
@@ -143,31 +143,13 @@ async def _seed_patients(stack: Stack) -> None:
 
 
 async def _wait_for(stack: Stack, head: str, want: str, timeout: float = 300) -> list:
-    """Wait until the run for pushed commit `head` has an event of type `want`."""
-    from secd_shared.bus import EventBus, connect
-    from secd_shared.config import NatsConfig
-
-    creds = stack.credentials_for("auditor")
-    nats_config = NatsConfig(
-        url=stack.nats_url, user=creds["SECD_NATS__USER"], password=creds["SECD_NATS__PASSWORD"]
-    )
-    bus = EventBus(await connect(nats_config, "auditor"))
+    """The events of the run for pushed commit `head`, once it has an event of type `want`."""
+    bus = await open_log(stack.state_dir)
     try:
-        deadline = time.monotonic() + timeout
-        run_id = None
-        while time.monotonic() < deadline:
-            if run_id is None:
-                async for stored in bus.read("secd.run.*.push_received"):
-                    if stored.event.payload.after == head:
-                        run_id = stored.event.run_id
-            if run_id:
-                events = [s.event for s in await bus.read_run(run_id)]
-                if any(e.type == want for e in events):
-                    return events
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"no {want} for commit {head[:7]} within {timeout:.0f} s")
+        run = await wait_for_commit(bus, head, want, timeout=timeout)
     finally:
         await bus.close()
+    return [stored.event for stored in run]
 
 
 async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from secd.audit import open_log
+from secd.audit import open_log, wait_for_commit
 from secd.stack import Stack
 from secd_shared.forge import create_repository
 from secd_shared.runs import fold_run
@@ -148,16 +148,7 @@ def repo(stack, keys, tmp_path, request) -> Researcher:
 async def _run_of(stack, head: str, until: str, timeout: float = 120):
     bus = await open_log(stack.state_dir)
     try:
-
-        async def find():
-            async for stored in bus.read("secd.run.*.push_received"):
-                if stored.event.payload.after == head:
-                    run = await bus.read_run(stored.event.run_id)
-                    if any(s.event.type == until for s in run):
-                        return run
-            return None
-
-        return await wait_until(find, timeout=timeout, interval=0.1)
+        return await wait_for_commit(bus, head, until, timeout=timeout, interval=0.1)
     finally:
         await bus.close()
 
