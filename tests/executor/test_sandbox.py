@@ -16,7 +16,8 @@ import pytest
 
 from secd_executor import forwarder
 from secd_executor.relay import DatabaseRelay
-from secd_executor.sandbox import SandboxSpec, log_tail, run_sandboxed
+from secd_executor.sandbox import SandboxSpec, run_sandboxed
+from secd_shared.tail import log_tail
 
 from .conftest import PG_CLIENT_SOURCE, SANDBOX_UID, Jobs, host_cmdlines, wait_for
 

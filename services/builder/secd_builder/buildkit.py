@@ -38,6 +38,7 @@ from secd_shared.kube import (
     job_state,
     owner_reference,
 )
+from secd_shared.tail import log_tail
 
 __all__ = ["BuildKitBuilder", "BuildRequest", "BuiltImage", "generate_dockerfile", "image_plan"]
 
@@ -398,7 +399,7 @@ class BuildKitBuilder:
                 reason = state.reason
                 if isinstance(state, JobState) and state.exit_code is not None:
                     reason = f"BuildKit exited with code {state.exit_code}"
-                raise BuildError(reason, log_tail=_tail(request.log_path))
+                raise BuildError(reason, log_tail=log_tail(request.log_path, 40))
             digest = _digest_from(request.log_path)
         finally:
             self.kube.delete("Job", self.ns, name)
@@ -472,14 +473,6 @@ def _fetch_failure(pods: list[dict]) -> str | None:
     return None
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_bytes()[-16384:].decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _digest_from(log_path: Path) -> str:
     """The pushed image's digest from the marked metadata line the build printed."""
     for line in reversed(log_path.read_text(errors="replace").splitlines()):
@@ -493,7 +486,7 @@ def _digest_from(log_path: Path) -> str:
                 return digest
             break
     raise BuildError(
-        "the image build ended without reporting a pushed digest", log_tail=_tail(log_path)
+        "the image build ended without reporting a pushed digest", log_tail=log_tail(log_path, 40)
     )
 
 

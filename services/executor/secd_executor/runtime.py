@@ -25,6 +25,7 @@ from secd_shared.config import Config
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
 from secd_shared.sealing import load_private_key, unseal
 from secd_shared.service import producer_for
+from secd_shared.tail import log_tail
 from secd_shared.worker import PermanentError
 
 __all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
@@ -91,14 +92,6 @@ class ExecutorAPI(Protocol):
     async def cleanup(self, request: RunRequest) -> None:
         """Remove everything the run created; what is already gone is skipped."""
         ...
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_bytes()[-16384:].decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class RuntimeExecutor:
@@ -182,21 +175,21 @@ class RuntimeExecutor:
         if outcome.timed_out:
             raise PermanentError(
                 f"the job ran longer than runfor ({request.runfor_h:g} h) and was stopped",
-                log_tail=_tail(request.log_path),
+                log_tail=log_tail(request.log_path, LOG_TAIL_LINES),
                 exit_code=outcome.exit_code,
                 **common,
             )
         if outcome.reason is not None:
             raise PermanentError(
                 outcome.reason,
-                log_tail=_tail(request.log_path),
+                log_tail=log_tail(request.log_path, LOG_TAIL_LINES),
                 exit_code=outcome.exit_code,
                 **common,
             )
         if outcome.exit_code != 0:
             raise PermanentError(
                 f"the job exited with code {outcome.exit_code}",
-                log_tail=_tail(request.log_path),
+                log_tail=log_tail(request.log_path, LOG_TAIL_LINES),
                 exit_code=outcome.exit_code,
                 **common,
             )

@@ -437,24 +437,3 @@ async def run_sandboxed(
         return SandboxResult(exit_code=exit_code, duration_s=duration, timed_out=timed_out)
     finally:
         stage.remove()
-
-
-def log_tail(log_path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a log, decoded leniently; empty if there is no log."""
-    if lines <= 0:
-        return ""
-    try:
-        with open(log_path, "rb") as f:
-            end = f.seek(0, os.SEEK_END)
-            block = 8192
-            data = b""
-            pos = end
-            while pos > 0 and data.count(b"\n") <= lines:
-                step = min(block, pos)
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])

@@ -23,6 +23,7 @@ from secd_shared.events import TERMINAL_TYPES, PushReceived, new_event, new_run_
 from secd_shared.forge import ForgeError, validate_repository_name
 from secd_shared.runs import fold_run, fold_runs
 from secd_shared.service import producer_for
+from secd_shared.tail import text_tail
 
 from .gitlab_hook import add_gitlab_hook
 
@@ -159,7 +160,7 @@ def create_app(
             # The job's output is not in the audit log: its tail comes from the job-log stream.
             last = await bus.last(log_subject(run_id), stream=LOG_STREAM)
             if last:
-                view.log_tail = "\n".join(last.decode("utf-8", "replace").splitlines()[-20:])
+                view.log_tail = text_tail(last)
         return view.as_dict()
 
     @app.get("/runs/{run_id}/logs", dependencies=readers)

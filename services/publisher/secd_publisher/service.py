@@ -22,6 +22,7 @@ from secd_shared.config import Config, ConfigError
 from secd_shared.events import PushReceived, ResultsPublished
 from secd_shared.forge import ForgeError
 from secd_shared.runs import RunView, fold_run
+from secd_shared.tail import log_tail
 from secd_shared.worker import PermanentError, TransientError
 
 log = logging.getLogger("secd.publisher")
@@ -116,7 +117,7 @@ class Publisher:
             content["secd-run.log"] = Path(log_path)
             # The job's output never enters the audit log; its tail is read here, for the
             # researcher's summary only.
-            view.log_tail = view.log_tail or _tail(Path(log_path))
+            view.log_tail = view.log_tail or log_tail(Path(log_path))
         manifest = {
             "run_id": view.run_id,
             "outcome": view.outcome,
@@ -151,13 +152,6 @@ class Publisher:
             outcome=view.outcome or "unknown",
             files=sorted(content),
         )
-
-
-def _tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
-    """The last lines of a log file, read from its end."""
-    with path.open("rb") as fh:
-        fh.seek(max(0, path.stat().st_size - max_bytes))
-        return "\n".join(fh.read().decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _summary(view: RunView, excluded: list[dict]) -> str:
