@@ -18,6 +18,7 @@ from secd_shared.events import (
     CredentialsIssued,
     DatabaseAddress,
     Producer,
+    RunFinished,
     RunPlan,
     RunSpec,
     new_event,
@@ -150,7 +151,9 @@ async def test_a_run_past_runfor_fails_with_the_deadline_reason(
     failed = events[-1].payload
     assert failed.stage == "executor"
     assert failed.reason == "the job ran longer than runfor (0.000277778 h) and was stopped"
-    assert "forever" in failed.log_tail
+    # The job's output reaches its log file, never the audit log (the publisher takes the tail).
+    assert failed.log_tail == ""
+    assert "forever" in Path(failed.log_path).read_text()
     assert fake_k8s.of_kind("Job", NAMESPACE) == []
 
 
@@ -223,3 +226,29 @@ def test_setup_picks_the_runtime_by_config(monkeypatch, tmp_path: Path, fake_k8s
         assert plain["executor"].__self__.__class__ is service.Executor
 
     asyncio.run(go())
+
+
+async def test_a_redelivery_after_the_run_ended_creates_no_second_job(
+    nats_server, admin_bus, fake_k8s: FakeKubernetes, executor_setup
+) -> None:
+    public, handler_owner, _ = executor_setup
+    run_id = new_run_id()
+    bus = await nats_server.bus("executor")
+    handler_owner.bus = bus
+    try:
+        await admin_bus.publish(issued(run_id, public))
+        stored_issued = (await admin_bus.read_run(run_id))[-1]
+        # The run already ended (the executor crashed before acking its input).
+        await admin_bus.publish(
+            new_event(
+                RunFinished(exit_code=0, duration_s=1.0, output_path="/o", log_path="/l"),
+                run_id=run_id,
+                producer=Producer("executor", "test"),
+                actor="alice",
+                project="alice/diabetes-model",
+            )
+        )
+        assert await handler_owner.on_issued(stored_issued) == []
+    finally:
+        await bus.close()
+    assert fake_k8s.of_kind("Job", NAMESPACE) == []

@@ -25,7 +25,6 @@ from secd_shared.config import Config
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
 from secd_shared.sealing import load_private_key, unseal
 from secd_shared.service import producer_for
-from secd_shared.tail import log_tail
 from secd_shared.worker import PermanentError
 
 __all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
@@ -33,7 +32,6 @@ __all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
 log = logging.getLogger("secd.executor")
 
 DB_PORTS = {"postgres": 5432, "mysql": 3306, "neo4j": 7687}
-LOG_TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,14 @@ class ExecutorAPI(Protocol):
         ...
 
 
+async def has_ended(bus: EventBus, run_id: str) -> bool:
+    """Whether the run already has its end: a redelivery after a crash before the ack.
+
+    A job runs at most once to its end, and a run never gets two endings.
+    """
+    return any(s.event.type in ("run.finished", "run.failed") for s in await bus.read_run(run_id))
+
+
 class RuntimeExecutor:
     """credentials.issued -> run.started, run.finished | run.failed, on any ExecutorAPI."""
 
@@ -144,6 +150,8 @@ class RuntimeExecutor:
     async def on_issued(self, stored: StoredEvent) -> list[RunFinished]:
         """Prepare, execute, collect, clean up; the outcome decides finished or failed."""
         event = stored.event
+        if await has_ended(self.bus, event.run_id):
+            return []
         request = self.request_for(stored)
         request.output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -175,21 +183,18 @@ class RuntimeExecutor:
         if outcome.timed_out:
             raise PermanentError(
                 f"the job ran longer than runfor ({request.runfor_h:g} h) and was stopped",
-                log_tail=log_tail(request.log_path, LOG_TAIL_LINES),
                 exit_code=outcome.exit_code,
                 **common,
             )
         if outcome.reason is not None:
             raise PermanentError(
                 outcome.reason,
-                log_tail=log_tail(request.log_path, LOG_TAIL_LINES),
                 exit_code=outcome.exit_code,
                 **common,
             )
         if outcome.exit_code != 0:
             raise PermanentError(
                 f"the job exited with code {outcome.exit_code}",
-                log_tail=log_tail(request.log_path, LOG_TAIL_LINES),
                 exit_code=outcome.exit_code,
                 **common,
             )

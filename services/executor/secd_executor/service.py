@@ -13,6 +13,7 @@ from pathlib import Path
 
 from secd_executor.logship import LogShipper
 from secd_executor.relay import DatabaseRelay
+from secd_executor.runtime import has_ended
 from secd_executor.sandbox import SandboxSpec, run_sandboxed
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
@@ -25,7 +26,6 @@ __all__ = ["Executor", "setup"]
 
 log = logging.getLogger("secd.executor")
 
-ENDED = ("run.finished", "run.failed")
 DB_PORTS = {"postgres": 5432, "mysql": 3306, "neo4j": 7687}
 
 
@@ -48,9 +48,7 @@ class Executor:
         issued = event.payload
         assert isinstance(issued, CredentialsIssued)
         plan, spec = issued.plan, issued.plan.spec
-        if any(s.event.type in ENDED for s in await self.bus.read_run(event.run_id)):
-            # Redelivered after the run had already ended (a crash before the ack): a job runs
-            # at most once to its end, and a run never gets two endings.
+        if await has_ended(self.bus, event.run_id):
             return []
         run_dir = self.runs_dir / event.run_id
         output = run_dir / "output"
