@@ -1,10 +1,10 @@
 """The one door to NATS JetStream: connect, publish an event once, read the log back.
 
-Publishing: every event goes to `secd.run.<run_id>.<type>` with `Nats-Msg-Id: <run_id>.<type>` and
-an expected last subject sequence of 0, so a retry of a handler never writes a second copy — neither
-inside the duplicate window (the server answers `duplicate`) nor after it (the server refuses with
-'wrong last sequence'). Reading uses JetStream's batched direct get, which needs no consumer and no
-write permission of any kind.
+Publishing: every event goes to `secd.run.<run_id>.<type>` with `Nats-Msg-Id: <run_id>.<type>`
+(or an id the caller gives, such as a push's) and an expected last subject sequence of 0, so a
+retry of a handler never writes a second copy — neither inside the duplicate window (the server
+answers `duplicate`) nor after it (the server refuses with 'wrong last sequence'). Reading uses
+JetStream's batched direct get, which needs no consumer and no write permission of any kind.
 """
 
 from __future__ import annotations
@@ -96,11 +96,17 @@ class EventBus:
         self.js: JetStreamContext = nc.jetstream()
         self.stream = stream
 
-    async def publish(self, event: Event, *, timeout: float = 5.0) -> bytes:
-        """Store an event; returns the bytes stored. Publishing it again is a no-op."""
+    async def publish(
+        self, event: Event, *, msg_id: str | None = None, timeout: float = 5.0
+    ) -> bytes:
+        """Store an event; returns its bytes. Publishing it again is a no-op.
+
+        `msg_id` replaces the default `Nats-Msg-Id` (`<run_id>.<type>`) where something else
+        says which event this is, e.g. `push.<key>` for a push (see secd_shared.pushes).
+        """
         data = encode_event(event)
         headers = {
-            "Nats-Msg-Id": f"{event.run_id}.{event.type}",
+            "Nats-Msg-Id": msg_id or f"{event.run_id}.{event.type}",
             "Nats-Expected-Last-Subject-Sequence": "0",
         }
         subject = subject_for(event.run_id, event.type)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
 from secd_shared.integrity import CHECKPOINT_STREAM, checkpoint_subject
+from secd_shared.pushes import PUSH_BUCKET, PUSH_STREAM
 
 __all__ = ["BOOTSTRAP_USER", "CONSUMERS", "IDENTITIES", "Identity", "nats_server_config"]
 
@@ -32,6 +33,8 @@ class Identity:
     # Signed checkpoints of the log live in their own stream: the checkpointer writes them.
     writes_checkpoints: bool = False
     reads_checkpoints: bool = False
+    # The record of pushes already received (bucket SECD_PUSHES): the gateway writes and reads it.
+    records_pushes: bool = False
 
 
 # Durable consumer name -> the event types it delivers.
@@ -57,7 +60,9 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
 }
 
 IDENTITIES: dict[str, Identity] = {
-    "gateway": Identity(publishes=("push.received",), reads_log=True, reads_job_logs=True),
+    "gateway": Identity(
+        publishes=("push.received",), reads_log=True, reads_job_logs=True, records_pushes=True
+    ),
     "verifier": Identity(publishes=("push.verified", "run.rejected"), consumers=("verifier",)),
     "builder": Identity(publishes=("build.succeeded", "run.failed"), consumers=("builder",)),
     "credentials": Identity(
@@ -107,6 +112,10 @@ def _permissions(name: str, identity: Identity, stream: str) -> dict:
         publish.append(checkpoint_subject(stream))
     if identity.reads_checkpoints:
         publish.append(f"$JS.API.DIRECT.GET.{CHECKPOINT_STREAM}")
+    if identity.records_pushes:
+        # A record per key (one token: the key is hex), and reading one back; nothing else of
+        # the bucket (no listing, no watch, no stream info).
+        publish += [f"$KV.{PUSH_BUCKET}.*", f"$JS.API.DIRECT.GET.{PUSH_STREAM}"]
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"_INBOX_{name}.>"]},

@@ -2,7 +2,8 @@
 
 The log is one stream with limits retention (an acked message stays: it is the audit trail),
 deny delete, deny purge, no roll-ups, and a duplicate window of minutes. Its signed checkpoints
-(see integrity.py) live in a second stream with the same protections.
+(see integrity.py) live in a second stream with the same protections, and the record of pushes
+already received (see pushes.py) in a key-value bucket whose keys are written once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
 from secd_shared.identities import CONSUMERS
 from secd_shared.integrity import CHECKPOINT_STREAM
+from secd_shared.pushes import PUSH_BUCKET, PUSH_STREAM
 
 __all__ = [
     "DUPLICATE_WINDOW_S",
@@ -30,7 +32,9 @@ __all__ = [
     "ensure_checkpoint_stream",
     "ensure_consumers",
     "ensure_log_stream",
+    "ensure_push_bucket",
     "ensure_stream",
+    "push_bucket_config",
     "stream_config",
 ]
 
@@ -62,12 +66,14 @@ def stream_config(name: str = "SECD") -> StreamConfig:
 
 
 async def ensure_stream(js: JetStreamContext, name: str = "SECD") -> None:
-    """Create the log stream and the checkpoint stream if missing (existing ones are kept)."""
+    """Create the log stream, the checkpoint stream and the push bucket if missing (existing
+    ones are kept)."""
     try:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         await js.add_stream(stream_config(name))
     await ensure_checkpoint_stream(js)
+    await ensure_push_bucket(js)
 
 
 def checkpoint_stream_config() -> StreamConfig:
@@ -81,6 +87,38 @@ async def ensure_checkpoint_stream(js: JetStreamContext) -> None:
         await js.stream_info(CHECKPOINT_STREAM)
     except nats.js.errors.NotFoundError:
         await js.add_stream(checkpoint_stream_config())
+
+
+def push_bucket_config() -> StreamConfig:
+    """The bucket SECD_PUSHES (push key -> run id): one record per key, written once, kept."""
+    return StreamConfig(
+        name=PUSH_STREAM,
+        subjects=[f"$KV.{PUSH_BUCKET}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        # One message per key, and a second one refused rather than replacing the first: a
+        # record can be neither overwritten nor deleted (a delete marker is a second message).
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msg_size=1024,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        allow_direct=True,
+    )
+
+
+async def ensure_push_bucket(js: JetStreamContext) -> None:
+    """Create the push bucket if it does not exist."""
+    try:
+        await js.stream_info(PUSH_STREAM)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(push_bucket_config())
 
 
 async def ensure_log_stream(js: JetStreamContext, *, max_age_days: float = 30) -> None:

@@ -105,3 +105,12 @@ async def test_read_pages_through_more_than_one_batch(admin_bus):
         await admin_bus.publish(_verified(run_id))
     seen = [s.event.run_id async for s in admin_bus.read("secd.run.*.push_verified", batch=7)]
     assert [r for r in seen if r in runs] == runs
+
+
+async def test_a_message_id_given_by_the_caller_names_the_event(admin_bus):
+    # Two runs' events under one caller-given id (a push's): the second is a duplicate.
+    first, second = new_run_id(), new_run_id()
+    await admin_bus.publish(_verified(first), msg_id=f"push.{first}")
+    await admin_bus.publish(_verified(second), msg_id=f"push.{first}")
+    assert len(await admin_bus.read_run(first)) == 1
+    assert await admin_bus.read_run(second) == []
