@@ -3,15 +3,26 @@ that tells the gateway about every pushed ref."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["ForgeError", "create_repository", "repository_path", "validate_repository_name"]
+__all__ = [
+    "ForgeError",
+    "check_pushed_commit",
+    "create_repository",
+    "repository_path",
+    "validate_repository_name",
+]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}){0,3}$")
+# Matched with fullmatch only: `$` in a pattern lets a trailing newline through.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}){0,3}")
+_SHA = re.compile(r"[0-9a-f]{40}")
+# What the post-receive hook of a repository made by create_repository runs.
+_HOOK_MODULE = "-m secd_shared.forge_hook "
 
 
 class ForgeError(ValueError):
@@ -20,7 +31,12 @@ class ForgeError(ValueError):
 
 def validate_repository_name(name: str) -> str:
     """A project path like 'alice/model': letters, digits, '_', '.', '-', at most 4 levels."""
-    if not _NAME.match(name) or ".." in name or name.endswith(".git"):
+    if (
+        not isinstance(name, str)
+        or not _NAME.fullmatch(name)
+        or ".." in name
+        or name.endswith(".git")
+    ):
         raise ForgeError(
             f"repository name {name!r} is not valid: use letters, digits, '_', '.', '-' "
             "and '/' between levels, like 'alice/diabetes-model'"
@@ -34,6 +50,55 @@ def repository_path(root: Path, name: str) -> Path:
     path = (root / f"{name}.git").resolve()
     if root.resolve() not in path.parents or not (path / "HEAD").is_file():
         raise ForgeError(f"repository {name!r} does not exist in this forge")
+    return path
+
+
+def _plumbing_env() -> dict[str, str]:
+    """git reads only the repository named on its command line: no inherited GIT_* variable
+    (GIT_DIR, GIT_OBJECT_DIRECTORY...), no system or user config, no replace refs."""
+    env = {name: os.environ[name] for name in ("PATH", "TMPDIR") if name in os.environ}
+    env.update(
+        HOME=os.devnull,
+        LC_ALL="C",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_NO_REPLACE_OBJECTS="1",
+        GIT_TERMINAL_PROMPT="0",
+    )
+    return env
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["git", "--git-dir", str(repo), "-c", f"core.hooksPath={os.devnull}", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=_plumbing_env(),
+        timeout=30,
+        check=False,
+    )
+
+
+def check_pushed_commit(root: Path, name: str, commit: str) -> Path:
+    """The bare repository `name` made by secd under `root`, once `commit` is known to be a
+    commit in it; raises ForgeError saying which of the two is not so."""
+    path = repository_path(root, name)
+    hook = path / "hooks" / "post-receive"
+    try:
+        made_by_secd = hook.is_file() and _HOOK_MODULE in hook.read_text(errors="replace")
+    except OSError:
+        made_by_secd = False
+    bare = _git(path, "rev-parse", "--is-bare-repository")
+    if not made_by_secd or bare.returncode != 0 or bare.stdout.strip() != b"true":
+        raise ForgeError(
+            f"repository {name!r} was not made by secd (a bare repository with secd's hook); "
+            "create it with `secd repo create`"
+        )
+    if not isinstance(commit, str) or not _SHA.fullmatch(commit):
+        raise ForgeError(f"{commit!r} is not a 40-character lowercase hex commit id")
+    kind = _git(path, "cat-file", "-t", commit)
+    if kind.returncode != 0 or kind.stdout.strip() != b"commit":
+        raise ForgeError(f"commit {commit[:12]} is not in repository {name!r}")
     return path
 
 

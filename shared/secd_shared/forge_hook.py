@@ -14,6 +14,16 @@ import urllib.error
 import urllib.request
 
 
+def _detail(raw: bytes) -> str:
+    """The gateway's one-line reason from an error body (JSON `detail`), else the body's start."""
+    try:
+        detail = json.loads(raw).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    text = detail if isinstance(detail, str) else raw.decode(errors="replace")
+    return text[:300]
+
+
 def main(argv: list[str]) -> int:
     """post-receive: read '<old> <new> <ref>' lines, report each, print what happened."""
     url, token_file, repository = argv[1], argv[2], argv[3]
@@ -46,15 +56,16 @@ def main(argv: list[str]) -> int:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 answer = json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            print(f"secd: the gateway refused {ref}: {exc.code} {detail}")
+            print(f"secd: the gateway refused {ref}: {exc.code} {_detail(exc.read())}")
             status = 1
             continue
         except (urllib.error.URLError, OSError) as exc:
             print(f"secd: the gateway at {url} is not reachable ({exc}); ask the operator")
             status = 1
             continue
-        if "run_id" in answer:
+        if "run_id" in answer and answer.get("duplicate"):
+            print(f"secd: {ref}: {answer.get('detail', 'already received')}")
+        elif "run_id" in answer:
             run = answer["run_id"]
             print(
                 f"secd: run {run} started for {ref}; follow it with "

@@ -16,11 +16,13 @@ import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from secd_gateway.body import read_body
+from secd_gateway.body import read_body, require_json
+from secd_gateway.push import check_ref, receive_push
 from secd_shared.bus import LOG_STREAM, EventBus, log_subject
 from secd_shared.config import Config
-from secd_shared.events import TERMINAL_TYPES, PushReceived, new_event, new_run_id
-from secd_shared.forge import ForgeError, validate_repository_name
+from secd_shared.events import TERMINAL_TYPES, PushReceived
+from secd_shared.forge import ForgeError, check_pushed_commit, validate_repository_name
+from secd_shared.pushes import PushRegister, UnknownPusher, researcher_of
 from secd_shared.runs import fold_run, fold_runs
 from secd_shared.service import producer_for
 from secd_shared.tail import text_tail
@@ -31,10 +33,10 @@ __all__ = ["HookBody", "create_app"]
 
 log = logging.getLogger("secd.gateway")
 
-_SHA = re.compile(r"^[0-9a-f]{40}$")
-_REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9._/-]{1,200}$")
-_ACCOUNT = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-_RUN_ID = re.compile(r"^r[0-9a-f]{19}$")
+# Matched with fullmatch only: `$` in a pattern lets a trailing newline through.
+_SHA = re.compile(r"[0-9a-f]{40}")
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_RUN_ID = re.compile(r"r[0-9a-f]{19}")
 ZERO = "0" * 40
 
 
@@ -53,12 +55,11 @@ def _check_body(body: HookBody) -> None:
         validate_repository_name(body.repository)
     except ForgeError as exc:
         raise HTTPException(422, str(exc)) from None
-    if not _REF.match(body.ref) or ".." in body.ref:
-        raise HTTPException(422, f"ref {body.ref[:80]!r} is not a branch or tag name")
+    check_ref(body.ref)
     for name in ("before", "after"):
-        if not _SHA.match(getattr(body, name)):
+        if not _SHA.fullmatch(getattr(body, name)):
             raise HTTPException(422, f"{name} must be a 40-character lowercase hex commit id")
-    if not _ACCOUNT.match(body.pusher):
+    if not _ACCOUNT.fullmatch(body.pusher):
         raise HTTPException(422, "pusher is not a valid account name")
 
 
@@ -76,6 +77,8 @@ def create_app(
     """
     producer = producer_for("gateway")
     limit = config.gateway.max_body_bytes
+    register = PushRegister(bus)
+    forge_root = config.path(config.forge.root)
 
     def reader(request: Request) -> None:
         if read_token is None:
@@ -95,7 +98,7 @@ def create_app(
     if config.forge.kind == "gitlab":
         if not gitlab_secret:
             raise ValueError("forge.kind is gitlab: the gateway needs the hook's secret token")
-        add_gitlab_hook(app, config, bus, gitlab_secret, producer)
+        add_gitlab_hook(app, config, bus, register, gitlab_secret, producer)
 
     @app.post("/hooks/git", status_code=202)
     async def git_hook(request: Request) -> JSONResponse:
@@ -106,6 +109,7 @@ def create_app(
         # Constant-time comparison: the token must not leak through timing.
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong X-Secd-Token")
+        require_json(request)
         raw = await read_body(request, limit)
         try:
             body = msgspec.json.decode(raw, type=HookBody)
@@ -118,24 +122,26 @@ def create_app(
             return JSONResponse({"detail": "branch deleted; nothing to run"}, status_code=200)
         if body.ref.startswith(f"refs/heads/{config.forge.results_prefix}"):
             return JSONResponse({"detail": "results branch; never runs"}, status_code=200)
-        run_id = new_run_id()
-        event = new_event(
-            PushReceived(
-                forge="git",
-                repository=body.repository,
-                ref=body.ref,
-                before=body.before,
-                after=body.after,
-                pusher=body.pusher,
-            ),
-            run_id=run_id,
-            producer=producer,
-            actor=body.pusher,
-            project=body.repository,
+        push = PushReceived(
+            forge="git",
+            repository=body.repository,
+            ref=body.ref,
+            before=body.before,
+            after=body.after,
+            pusher=body.pusher,
         )
-        await bus.publish(event)
-        log.info("push received", extra={"run_id": run_id, "project": body.repository})
-        return JSONResponse({"run_id": run_id}, status_code=202)
+        # Only a known researcher's push to a repository of this forge, of a commit in it,
+        # becomes a run: anything else would have secd write a rejection into someone's
+        # repository, or log a push that never happened.
+        try:
+            researcher_of(push, config.forge.accounts)
+        except UnknownPusher as exc:
+            raise HTTPException(403, str(exc)) from None
+        try:
+            await asyncio.to_thread(check_pushed_commit, forge_root, body.repository, body.after)
+        except ForgeError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return await receive_push(bus, register, push, producer, actor=body.pusher)
 
     @app.get("/runs", dependencies=readers)
     async def list_runs(limit: int = 50, researcher: str | None = None) -> dict:
@@ -150,7 +156,7 @@ def create_app(
     @app.get("/runs/{run_id}", dependencies=readers)
     async def show_run(run_id: str) -> dict:
         """One run: its state, stage timings, outcome and events."""
-        if not _RUN_ID.match(run_id):
+        if not _RUN_ID.fullmatch(run_id):
             raise HTTPException(404, "no such run")
         stored = await bus.read_run(run_id)
         if not stored:
@@ -166,7 +172,7 @@ def create_app(
     @app.get("/runs/{run_id}/logs", dependencies=readers)
     async def run_logs(run_id: str, follow: bool = False) -> StreamingResponse:
         """The job's output; with follow=true it keeps streaming until the run has ended."""
-        if not _RUN_ID.match(run_id) or not await bus.read_run(run_id):
+        if not _RUN_ID.fullmatch(run_id) or not await bus.read_run(run_id):
             raise HTTPException(404, "no such run")
 
         async def chunks() -> AsyncIterator[bytes]:

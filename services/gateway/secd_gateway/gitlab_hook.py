@@ -2,34 +2,37 @@
 
 The hook is authenticated by its secret token (`X-Gitlab-Token`, compared in constant time) and
 its event header (`X-Gitlab-Event`); events other than pushes to a branch are answered 2xx and
-ignored, so GitLab does not retry or disable the hook. The body is size-limited and validated:
-anything malformed gets a 4xx with the reason and nothing enters the log. The commits the body
-lists (if any) are never used: the verifier reads them from the repository.
+ignored, so GitLab does not retry or disable the hook. The body must be JSON (GitLab sends
+`application/json`), is size-limited and validated: anything malformed gets a 4xx with the
+reason and nothing enters the log. The same push sent twice (a retry, or a system hook and a
+project hook both configured) is one run. The commits the body lists (if any) are never used:
+the verifier reads them from the repository. Whether the pushing user can be a researcher is
+the verifier's call (secd_shared.pushes.researcher_of): it rejects, and nothing is written
+into the project.
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
 import re
 
 import msgspec
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from secd_gateway.body import read_body
+from secd_gateway.body import read_body, require_json
+from secd_gateway.push import check_ref, receive_push
 from secd_shared.bus import EventBus
 from secd_shared.config import Config, read_secret
-from secd_shared.events import Producer, PushReceived, new_event, new_run_id
+from secd_shared.events import Producer, PushReceived
 from secd_shared.forge import ForgeError, validate_repository_name
+from secd_shared.pushes import PushRegister
 
 __all__ = ["GitLabProject", "GitLabPush", "add_gitlab_hook", "read_webhook_secret"]
 
-log = logging.getLogger("secd.gateway")
-
-_SHA = re.compile(r"^[0-9a-f]{40}$")
-_BRANCH = re.compile(r"^refs/heads/[A-Za-z0-9._/-]{1,200}$")
-_USERNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+# Matched with fullmatch only: `$` in a pattern lets a trailing newline through.
+_SHA = re.compile(r"[0-9a-f]{40}")
+_USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 _PUSH_EVENTS = ("Push Hook", "System Hook")
 ZERO = "0" * 40
 
@@ -68,7 +71,12 @@ def _ignored(detail: str) -> JSONResponse:
 
 
 def add_gitlab_hook(
-    app: FastAPI, config: Config, bus: EventBus, secret: str, producer: Producer
+    app: FastAPI,
+    config: Config,
+    bus: EventBus,
+    register: PushRegister,
+    secret: str,
+    producer: Producer,
 ) -> None:
     """Serve POST /hooks/gitlab on `app`: pushes to branches become push.received."""
     settings = config.forge.gitlab
@@ -83,6 +91,7 @@ def add_gitlab_hook(
         # Constant-time comparison: the secret must not leak through timing.
         if not hmac.compare_digest(given.encode(), secret.encode()):
             raise HTTPException(401, "missing or wrong X-Gitlab-Token")
+        require_json(request)
         event = request.headers.get("x-gitlab-event")
         if event is None:
             raise HTTPException(400, "missing X-Gitlab-Event header")
@@ -113,28 +122,17 @@ def add_gitlab_hook(
         pusher = body.user_username.lower()
         if service and pusher == service:
             return _ignored("pushed by secd's own account")
-        run_id = new_run_id()
-        repository = body.project.path_with_namespace
-        await bus.publish(
-            new_event(
-                PushReceived(
-                    forge="gitlab",
-                    repository=repository,
-                    ref=body.ref,
-                    before=body.before,
-                    after=body.after,
-                    pusher=pusher,
-                    forge_user_id=body.user_id,
-                    forge_project_id=body.project_id,
-                ),
-                run_id=run_id,
-                producer=producer,
-                actor=pusher,
-                project=repository,
-            )
+        push = PushReceived(
+            forge="gitlab",
+            repository=body.project.path_with_namespace,
+            ref=body.ref,
+            before=body.before,
+            after=body.after,
+            pusher=pusher,
+            forge_user_id=body.user_id,
+            forge_project_id=body.project_id,
         )
-        log.info("push received", extra={"run_id": run_id, "project": repository})
-        return JSONResponse({"run_id": run_id}, status_code=202)
+        return await receive_push(bus, register, push, producer, actor=pusher)
 
 
 def _check(body: GitLabPush) -> None:
@@ -144,12 +142,11 @@ def _check(body: GitLabPush) -> None:
         raise HTTPException(422, str(exc)) from None
     if body.project.id != body.project_id:
         raise HTTPException(422, "project_id and project.id differ")
-    if not (_BRANCH.match(body.ref) or body.ref.startswith("refs/tags/")) or ".." in body.ref:
-        raise HTTPException(422, f"ref {body.ref[:80]!r} is not a branch or tag name")
+    check_ref(body.ref)
     for name in ("before", "after"):
-        if not _SHA.match(getattr(body, name)):
+        if not _SHA.fullmatch(getattr(body, name)):
             raise HTTPException(422, f"{name} must be a 40-character lowercase hex commit id")
-    if not _USERNAME.match(body.user_username):
+    if not _USERNAME.fullmatch(body.user_username):
         raise HTTPException(422, "user_username is not a GitLab username")
     if body.user_id <= 0 or body.project_id <= 0:
         raise HTTPException(422, "user_id and project_id must be positive")
