@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Struct
 
+from secd_shared.limits import LIMIT_NAMES, LimitsConfig
+
 __all__ = [
     "BuildKitConfig",
     "BuilderConfig",
@@ -157,11 +159,7 @@ class KubernetesRunConfig(_Section):
     # The trusted image of the pod that copies a run's outputs out; pin it by digest.
     collector_image: str = ""
     image_pull_secrets: list[str] = msgspec.field(default_factory=list)
-    cpu: str = "2"
-    memory: str = "8Gi"
-    ephemeral_storage: str = "10Gi"
-    tmp_size: str = "1Gi"
-    output_size: str = "10Gi"
+    # CPU, memory, /tmp and the output volume's size come from [limits], as for every run.
     output_storage_class: str | None = None
     cache_size: str = "20Gi"
     cache_storage_class: str | None = None
@@ -261,7 +259,16 @@ class ExecutorConfig(_Section):
     private_key_file: str = "executor/key"
     runs_dir: str = "runs"
     cache_root: str = "cache"
-    sandbox_uid: int = 65534
+    # Each run gets its own uid (and gid) from [uid_first, uid_first + uid_count): no two runs
+    # share files, processes or the per-uid process limit. No host account may use the range.
+    uid_first: int = 1_000_000
+    uid_count: int = 65536
+    # Where memory, process and CPU limits are enforced: "auto" finds cgroup v2 (a delegated
+    # folder, cgroup_root) or v1 (as root), else falls back to rlimits; or name one of them.
+    cgroups: str = "auto"
+    # cgroup v2: a folder delegated to the executor (e.g. /sys/fs/cgroup/secd.slice); v1: the
+    # name of secd's folder in each controller's hierarchy.
+    cgroup_root: str = "secd"
     concurrency: int = 4
     # "bwrap": a bubblewrap sandbox on this machine; "kubernetes": a Job per run.
     kind: str = "bwrap"
@@ -297,6 +304,8 @@ class Config(_Section):
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     publisher: PublisherConfig = msgspec.field(default_factory=PublisherConfig)
     checkpointer: CheckpointerConfig = msgspec.field(default_factory=CheckpointerConfig)
+    # What one run may use (memory, CPUs, processes, /tmp, disk): defaults and the site maximum.
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
 
     def path(self, relative: str) -> Path:
         """A path from the config, relative ones resolved under `state_dir`."""
@@ -404,11 +413,7 @@ def _check_kubernetes(config: Config) -> None:
                 f"executor.kubernetes.cache_access_mode: {k8s.cache_access_mode!r}; use "
                 "ReadWriteOnce, ReadWriteMany or ReadWriteOncePod"
             )
-        for name, value in (
-            ("tmp_size", k8s.tmp_size),
-            ("output_size", k8s.output_size),
-            ("cache_size", k8s.cache_size),
-        ):
+        for name, value in (("cache_size", k8s.cache_size),):
             if not _QUANTITY.fullmatch(value):
                 raise ConfigError(f"executor.kubernetes.{name}: {value!r} is not a quantity")
         for name, value in (
@@ -435,16 +440,48 @@ def _check_kubernetes(config: Config) -> None:
     for where, section in sections:
         if not _DNS_LABEL.fullmatch(section.namespace):
             raise ConfigError(f"{where}.namespace: {section.namespace!r} is not a namespace name")
+    if builder.kind == "buildkit":
         for name in ("cpu", "memory", "ephemeral_storage"):
-            value = getattr(section, name)
+            value = getattr(builder.buildkit, name)
             if not _QUANTITY.fullmatch(value):
                 raise ConfigError(
-                    f"{where}.{name}: {value!r} is not a quantity like 2, 500m or 8Gi"
+                    f"builder.buildkit.{name}: {value!r} is not a quantity like 2, 500m or 8Gi"
                 )
+
+
+def _check_executor(config: Config) -> None:
+    """The per-run uid range and the cgroup choice."""
+    executor = config.executor
+    if executor.uid_first < 1000 or executor.uid_count < 1:
+        raise ConfigError(
+            "executor.uid_first must be at least 1000 and uid_count at least 1 "
+            "(a range of uids no account of the host uses)"
+        )
+    if executor.uid_first + executor.uid_count > 2**32 - 2:
+        raise ConfigError("executor.uid_first + uid_count must stay below 4294967294")
+    if executor.cgroups not in ("auto", "v2", "v1", "none"):
+        raise ConfigError(f"executor.cgroups: {executor.cgroups!r}; use auto, v2, v1 or none")
+    if not executor.cgroup_root or ".." in executor.cgroup_root.split("/"):
+        raise ConfigError("executor.cgroup_root must name a folder, without '..'")
+
+
+def _check_limits(config: Config) -> None:
+    """Every limit readable, and no default above its maximum."""
+    try:
+        defaults, maximum = config.limits.defaults(), config.limits.maximum()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for name in LIMIT_NAMES:
+        if getattr(defaults, name) > getattr(maximum, name):
+            raise ConfigError(
+                f"limits.{name} is above limits.max.{name}; lower it or raise the max"
+            )
 
 
 def _check(config: Config) -> None:
     _check_kubernetes(config)
+    _check_executor(config)
+    _check_limits(config)
     _check_forge_and_identity(config)
     for name, db in config.credentials.databases.items():
         if db.kind not in ("postgres", "mysql", "neo4j"):

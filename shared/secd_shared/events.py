@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
+from secd_shared.limits import RequestedLimits
+
 __all__ = [
     "EVENT_TYPES",
     "TERMINAL_TYPES",
@@ -60,6 +62,8 @@ class RunSpec(Struct, frozen=True, kw_only=True):
     mount_path: str = "/cache"
     command: list[str] = msgspec.field(default_factory=lambda: ["python", "main.py"])
     database: str | None = None
+    # What the project asked for (`limits:`); the executor fills in the site's defaults.
+    limits: RequestedLimits | None = None
 
 
 class RunPlan(Struct, frozen=True, kw_only=True):
@@ -127,6 +131,8 @@ class RunRejected(Payload, tag="run.rejected"):
     head: str
     reason: str
     commit: str | None = None
+    # The pusher is no researcher secd knows: nothing (branch, status) goes into the repository.
+    unknown_pusher: bool = False
 
 
 class BuildSucceeded(Payload, tag="build.succeeded"):

@@ -122,8 +122,18 @@ def test_read_file_at_size_limit(tmp_path, work):
     (work / "secd.yml").write_text("# " + "x" * 100 + "\n")
     commit = commit_all(work, "big")
     repo = bare(tmp_path, work)
-    with pytest.raises(SourceError, match="larger than 50 bytes"):
+    with pytest.raises(SourceError, match="is 103 B, more than the 50 B secd reads"):
         read_file_at(repo, commit, "secd.yml", max_bytes=50)
+
+
+def test_empty_tree_exports_an_empty_source(tmp_path, work):
+    git(work, "commit", "-q", "--allow-empty", "-m", "nothing yet")
+    head = git(work, "rev-parse", "HEAD")
+    repo = bare(tmp_path, work)
+    dest = export_source(repo, head, tmp_path / "src")
+    assert dest.is_dir() and list(dest.iterdir()) == []
+    # A second export (a redelivery) replaces the first, still empty.
+    assert list(export_source(repo, head, dest).iterdir()) == []
 
 
 def test_bad_commits_and_paths(tmp_path, work):

@@ -6,6 +6,7 @@ import pytest
 
 from secd_builder.spec import SpecError, parse_spec
 from secd_shared.events import RunSpec
+from secd_shared.limits import LimitsConfig, LimitValues, RequestedLimits
 
 
 def refused(text: str, **kwargs) -> str:
@@ -244,3 +245,40 @@ def test_python_tags_are_not_loaded():
 
 def test_oversized_spec_refused():
     assert "larger than" in refused("# " + "x" * 70_000)
+
+
+def test_limits_within_the_site_maximum():
+    spec = parse_spec("limits:\n  memory: 8GiB\n  cpus: 0.5\n  pids: 100\n  tmp: 256MiB\n")
+    assert spec.limits == RequestedLimits(memory=8 * 1024**3, cpus=0.5, pids=100, tmp=256 * 1024**2)
+    assert spec.limits.disk is None  # the site's default applies
+    assert parse_spec("runfor: 1\n").limits is None
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("limits: 8GiB\n", "limits must be a mapping"),
+        ("limits: {ram: 8GiB}\n", "limits.ram is not a limit; use memory, cpus, pids, tmp, disk"),
+        ("limits: {memory: lots}\n", "limits.memory must be a size like 4GiB"),
+        ("limits: {memory: 1TiB}\n", "limits.memory must be at most 16 GiB on this site"),
+        ("limits: {cpus: 0}\n", "limits.cpus must be a number greater than 0"),
+        ("limits: {cpus: 64}\n", "limits.cpus must be at most 8 on this site"),
+        ("limits: {pids: 1.5}\n", "limits.pids must be a whole number greater than 0"),
+        ("limits: {disk: 10PiB}\n", "limits.disk: unknown unit 'pib'"),
+    ],
+)
+def test_bad_limits_name_the_field(text, says):
+    assert says in refused(text)
+
+
+def test_the_site_maximum_is_the_one_configured():
+    maximum = LimitsConfig(max=LimitValues(memory="32GiB")).maximum()
+    assert parse_spec("limits: {memory: 20GiB}\n", max_limits=maximum).limits.memory == 20 * 1024**3
+    assert "at most 2 GiB" in refused(
+        "limits: {memory: 3GiB}\n",
+        max_limits=LimitsConfig(max=LimitValues(memory="2GiB")).maximum(),
+    )
+
+
+def test_a_big_secd_yml_is_refused_at_64_kib():
+    assert refused("# " + "x" * 70_000 + "\n") == "secd.yml is larger than 64 KiB; keep it short"

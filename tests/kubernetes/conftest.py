@@ -13,6 +13,7 @@ from secd_executor.kubernetes import KubernetesExecutor
 from secd_executor.runtime import RunRequest
 from secd_shared.config import KubernetesRunConfig
 from secd_shared.kube import Kube
+from secd_shared.limits import Limits
 from tests.fakes.kubernetes import FakeKubernetes, PodScript
 
 RUN_IMAGE = "registry.example.org/secd/runs/alice@sha256:" + "a" * 64
@@ -30,6 +31,11 @@ def fake_k8s() -> Iterator[FakeKubernetes]:
     assert not fake.validation_errors, fake.validation_errors
 
 
+GiB = 1024**3
+# What [limits] resolved to for the test run: the Job's requests and limits come from here.
+RUN_LIMITS = Limits(memory=4 * GiB, cpus=1.5, pids=256, tmp=1 * GiB, disk=5 * GiB)
+
+
 def settings(**overrides: object) -> KubernetesRunConfig:
     """Executor settings as a site would write them, polling fast for tests."""
     base = KubernetesRunConfig(
@@ -37,9 +43,6 @@ def settings(**overrides: object) -> KubernetesRunConfig:
         collector_image=COLLECTOR_IMAGE,
         poll_s=0.02,
         collect_timeout_s=20.0,
-        cpu="2",
-        memory="4Gi",
-        ephemeral_storage="5Gi",
     )
     return msgspec.structs.replace(base, **overrides) if overrides else base
 
@@ -79,6 +82,7 @@ def run_request(tmp_path: Path, run_id: str = "r0123456789abcdef01", **overrides
         mount_path="/cache",
         output_dir=tmp_path / run_id / "output",
         log_path=tmp_path / run_id / "job.log",
+        limits=RUN_LIMITS,
     )
     request = replace(request, **overrides) if overrides else request
     request.output_dir.mkdir(parents=True, exist_ok=True)

@@ -81,10 +81,15 @@ def test_the_run_job_is_suspended_restricted_and_limited(tmp_path: Path) -> None
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     limits = container["resources"]["limits"]
-    assert limits == {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "5Gi"}
+    # The run's [limits]: 1.5 CPUs, 4 GiB, /tmp 1 GiB and disk 5 GiB (ephemeral: both).
+    assert limits == {
+        "cpu": "1500m",
+        "memory": str(4 * 1024**3),
+        "ephemeral-storage": str(6 * 1024**3),
+    }
     assert container["resources"]["requests"] == limits
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": str(1024**3)}}
     assert volumes["output"]["persistentVolumeClaim"]["claimName"].endswith("-output")
     assert all("hostPath" not in v for v in pod["volumes"])
 
@@ -205,14 +210,17 @@ def test_config_selects_and_validates_the_kubernetes_executor(tmp_path: Path) ->
         load_config(environ=both)
     config = load_config(environ=both | {"SECD_EXECUTOR__KUBERNETES__COLLECTOR_IMAGE": "x"})
     assert config.executor.kind == "kubernetes"
-    with pytest.raises(
-        ConfigError, match=r"executor\.kubernetes\.memory: '8 GB' is not a quantity"
-    ):
+    with pytest.raises(ConfigError, match=r"limits\.memory must be a size like 4GiB"):
+        load_config(
+            environ=both
+            | {"SECD_EXECUTOR__KUBERNETES__COLLECTOR_IMAGE": "x", "SECD_LIMITS__MEMORY": "8 GB!"}
+        )
+    with pytest.raises(ConfigError, match=r"builder\.buildkit\.memory: '8 GB' is not a quantity"):
         load_config(
             environ=both
             | {
                 "SECD_EXECUTOR__KUBERNETES__COLLECTOR_IMAGE": "x",
-                "SECD_EXECUTOR__KUBERNETES__MEMORY": "8 GB",
+                "SECD_BUILDER__BUILDKIT__MEMORY": "8 GB",
             }
         )
     with pytest.raises(ConfigError, match=r"cannot run what builder\.kind 'venv' builds"):

@@ -70,15 +70,15 @@ def test_publish_creates_branch_with_files(tmp_path, pushed):
     assert git(repo, "rev-parse", "refs/heads/secd/run-r1/ok") == commit
     assert git(repo, "rev-parse", f"{commit}^") == head
     assert git(repo, "rev-list", "--count", commit) == "2"
-    # The pushed source stays, so merging the results branch never deletes it.
-    assert sorted(list_files(repo, commit)) == sorted([*files, "main.py"])
+    # The results only: the pushed source is the parent's, not copied onto the branch.
+    assert sorted(list_files(repo, commit)) == sorted(files)
     assert git(repo, "show", f"{commit}:output/model.json") == '{"weights": [1, 2, 3]}'
     assert git(repo, "show", f"{commit}:output/big.bin", text=False) == big_data
     assert git(repo, "show", f"{commit}:output/sub/dir/raw.bin", text=False) == binary
     assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%B", commit) == (
         "secd <secd@localhost>|secd <secd@localhost>|secd: results of run r1\n\nok"
     )
-    assert "main.py" in list_files(repo, commit)  # the pushed source is kept
+    assert "main.py" not in list_files(repo, commit)
     assert fired(tmp_path) == []
     git(repo, "fsck", "--strict")
 
@@ -101,17 +101,18 @@ def test_author_and_orphan_branch(tmp_path, pushed):
     assert list_files(repo, commit) == ["a.txt"]
 
 
-def test_no_files_commit_the_parent_tree(pushed):
+def test_no_files_commit_an_empty_tree(pushed):
     repo, head = pushed
     commit = publish_branch(repo, "empty", head, {}, "nothing")
-    assert list_files(repo, commit) == list_files(repo, head)
+    assert list_files(repo, commit) == []
+    assert list_files(repo, head) == ["main.py"]
     orphan = publish_branch(repo, "orphan", None, {}, "nothing")
     assert list_files(repo, orphan) == []
 
 
-def test_results_replace_a_pushed_file_of_the_same_name(pushed):
+def test_results_may_reuse_a_pushed_file_name_as_a_folder(pushed):
     repo, head = pushed
-    # The pushed tree has main.py as a file; a result below "main.py/" must win, not fail.
+    # The pushed tree has main.py as a file; the results tree is its own, so no clash.
     commit = publish_branch(repo, "clash", head, {"main.py/out.txt": b"r"}, "m")
     assert list_files(repo, commit) == ["main.py/out.txt"]
 
@@ -185,5 +186,5 @@ def test_inherited_git_environment_is_ignored(tmp_path, pushed, monkeypatch):
     monkeypatch.setenv("GIT_INDEX_FILE", str(stray_index))
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))
     commit = publish_branch(repo, "secd/env", head, {"a": b"a"}, "m")
-    assert list_files(repo, commit) == ["a", "main.py"]
+    assert list_files(repo, commit) == ["a"]
     assert not stray_index.exists()

@@ -52,7 +52,7 @@ def _pycache(_: str, names: list[str]) -> list[str]:
     return [name for name in names if name == "__pycache__"]
 
 
-async def _run_job(root: Path, env_dir: Path, environment: dict[str, str]) -> str:
+async def _run_job(root: Path, env_dir: Path, environment: dict[str, str], uid: int = 65534) -> str:
     source = root / "src"
     source.mkdir(exist_ok=True)
     (source / "main.py").write_text(JOB)
@@ -71,6 +71,7 @@ async def _run_job(root: Path, env_dir: Path, environment: dict[str, str]) -> st
         mount_path="/cache",
         environment=environment,
         timeout_s=60,
+        uid=uid,
     )
     result = await run_sandboxed(spec, log)
     text = log.read_text()
@@ -80,13 +81,15 @@ async def _run_job(root: Path, env_dir: Path, environment: dict[str, str]) -> st
 
 async def test_the_mounted_cache_serves_the_next_run(tmp_path: Path, job_env: Path) -> None:
     mounted = {"SECD_CACHE_DIR": "/cache"}
-    assert "computing" in await _run_job(tmp_path, job_env, mounted)
+    assert "computing" in await _run_job(tmp_path, job_env, mounted, uid=1_700_001)
     assert (tmp_path / "output" / "rows.txt").read_text() == "[0, 3, 6, 9, 12]"
     [entry] = list((tmp_path / "cache").rglob("*.entry"))
-    assert entry.stat().st_uid == 65534  # written by the job's own uid, into its storage
+    assert entry.stat().st_uid == 1_700_001  # written by the job's own uid, into its storage
 
-    second = await _run_job(tmp_path, job_env, mounted)
+    # Every run has a uid of its own: the next one is given the cache, and still finds it.
+    second = await _run_job(tmp_path, job_env, mounted, uid=1_700_002)
     assert "computing" not in second, second
+    assert entry.stat().st_uid == 1_700_002
 
 
 async def test_without_a_mounted_cache_the_job_says_so(tmp_path: Path, job_env: Path) -> None:

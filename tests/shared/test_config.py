@@ -34,6 +34,14 @@ def test_file_and_environment_overrides(tmp_path):
         ),
         ("[nats\n", {}, "not valid TOML"),
         ('log_level = "loud"\n', {}, "log_level"),
+        ('[limits]\nmemory = "lots"\n', {}, "limits.memory must be a size like 4GiB"),
+        ("[limits]\npids = 0\n", {}, "limits.pids must be a whole number greater than 0"),
+        ('[limits]\ndisk = "1TiB"\n', {}, "limits.disk is above limits.max.disk"),
+        ("[limits.max]\ncpus = -1\n", {}, "limits.max.cpus must be a number greater than 0"),
+        ("[limits]\nswap = 1\n", {}, "limits.swap is not a known setting"),
+        ("[executor]\nuid_first = 0\n", {}, "executor.uid_first must be at least 1000"),
+        ('[executor]\ncgroups = "v3"\n', {}, "executor.cgroups: 'v3'; use auto, v2, v1 or none"),
+        ("[executor]\nsandbox_uid = 65534\n", {}, "executor.sandbox_uid is not a known setting"),
     ],
 )
 def test_a_bad_setting_is_named(tmp_path, text, env, named):

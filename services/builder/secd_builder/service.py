@@ -11,7 +11,7 @@ import sys
 
 from secd_builder.environment import BuildError, ensure_environment
 from secd_builder.source import SourceError, export_source, read_file_at
-from secd_builder.spec import SpecError, parse_spec
+from secd_builder.spec import MAX_SPEC_BYTES, SpecError, parse_spec
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
 from secd_shared.events import BuildSucceeded, PushVerified, RunPlan
@@ -31,6 +31,7 @@ class Builder:
         self.python = config.builder.python or sys.executable
         self.timeout_s = config.builder.timeout_s
         self.max_runfor_h = config.builder.max_runfor_h
+        self.max_limits = config.limits.maximum()
         self.allow_source_builds = config.builder.allow_source_builds
         # forge.kind = "gitlab": the verified commit is fetched into a mirror of the builder's own.
         self.mirrors = None
@@ -73,9 +74,11 @@ class Builder:
             repo = self.mirrors.fetch(push.repository, [push.head])
         else:
             repo = repository_path(self.forge_root, push.repository)
-        text = read_file_at(repo, push.head, "secd.yml")
+        text = read_file_at(repo, push.head, "secd.yml", max_bytes=MAX_SPEC_BYTES)
         spec = parse_spec(
-            text.decode() if text is not None else None, max_runfor_h=self.max_runfor_h
+            text.decode() if text is not None else None,
+            max_runfor_h=self.max_runfor_h,
+            max_limits=self.max_limits,
         )
         requirements = read_file_at(repo, push.head, "requirements.txt") or b""
         if self.image_builder is not None:

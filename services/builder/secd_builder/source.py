@@ -9,6 +9,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from secd_shared.limits import format_size
+
 __all__ = ["SourceError", "export_source", "read_file_at"]
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,10 @@ def read_file_at(
     if mode == b"120000":
         raise SourceError(f"{path} at {commit[:12]} is a symbolic link; commit the file itself")
     if int(size) > max_bytes:
-        raise SourceError(f"{path} at {commit[:12]} is larger than {max_bytes} bytes")
+        raise SourceError(
+            f"{path} at {commit[:12]} is {format_size(int(size))}, more than the "
+            f"{format_size(max_bytes)} secd reads; keep it short"
+        )
     return _git(repo, "cat-file", "blob", blob.decode()).stdout
 
 
@@ -109,6 +114,9 @@ def export_source(repo: Path, commit: str, dest: Path) -> Path:
     _remove(staging)
     staging.mkdir(parents=True)
     skipped: list[str] = []
+    if not _git(repo, "ls-tree", "--name-only", sha).stdout:
+        # An empty tree: git archive writes only a pax header, which tarfile cannot read.
+        return _replace(staging, dest)
     proc = subprocess.Popen(
         ["git", "--git-dir", str(repo), "archive", "--format=tar", sha],
         stdin=subprocess.DEVNULL,
@@ -139,6 +147,11 @@ def export_source(repo: Path, commit: str, dest: Path) -> Path:
             len(skipped),
             ", ".join(skipped[:10]),
         )
+    return _replace(staging, dest)
+
+
+def _replace(staging: Path, dest: Path) -> Path:
+    """Put the finished `staging` folder in the place of `dest`; returns `dest`."""
     # A directory cannot be renamed over a non-empty one; move the old one aside first.
     if dest.exists() or dest.is_symlink():
         old = dest.with_name(dest.name + ".old")

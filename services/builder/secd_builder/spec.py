@@ -15,10 +15,19 @@ from typing import Any
 import yaml
 
 from secd_shared.events import RunSpec
+from secd_shared.limits import Limits, LimitsConfig, parse_requested
 
 __all__ = ["KEYS", "RESERVED_MOUNTS", "SpecError", "parse_spec"]
 
-KEYS: tuple[str, ...] = ("runfor", "gpu", "cache_dir", "mount_path", "command", "database")
+KEYS: tuple[str, ...] = (
+    "runfor",
+    "gpu",
+    "cache_dir",
+    "mount_path",
+    "command",
+    "database",
+    "limits",
+)
 
 # The sandbox's own directories: a cache mounted on or under one would hide or replace it.
 RESERVED_MOUNTS: tuple[str, ...] = (
@@ -198,8 +207,22 @@ def _database(value: Any) -> str | None:
     return value
 
 
-def parse_spec(text: str | None, *, max_runfor_h: float = 24.0) -> RunSpec:
-    """Parse and check a secd.yml; None or empty gives the defaults; raises SpecError."""
+def _limits(value: Any, maximum: Limits) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_requested(value, maximum)
+    except ValueError as exc:
+        raise SpecError(f"secd.yml: {exc}") from None
+
+
+def parse_spec(
+    text: str | None, *, max_runfor_h: float = 24.0, max_limits: Limits | None = None
+) -> RunSpec:
+    """Parse and check a secd.yml; None or empty gives the defaults; raises SpecError.
+
+    `max_limits` is the site's maximum for `limits:` (the built-in maximum if not given).
+    """
     if text is None or not text.strip():
         return RunSpec()
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
@@ -232,4 +255,6 @@ def parse_spec(text: str | None, *, max_runfor_h: float = 24.0) -> RunSpec:
         fields["command"] = _command(data["command"])
     if "database" in data:
         fields["database"] = _database(data["database"])
+    if "limits" in data:
+        fields["limits"] = _limits(data["limits"], max_limits or LimitsConfig().maximum())
     return RunSpec(**fields)

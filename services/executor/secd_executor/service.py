@@ -7,17 +7,26 @@ reached only through a relay socket bind-mounted in. Secrets reach it through it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import hashlib
 import logging
+import os
 import shutil
 from pathlib import Path
 
+from secd_executor.cgroups import detect_cgroups
 from secd_executor.logship import LogShipper
 from secd_executor.relay import DatabaseRelay
 from secd_executor.runtime import has_ended
-from secd_executor.sandbox import SandboxSpec, run_sandboxed
+from secd_executor.sandbox import SandboxError, SandboxSpec, run_sandboxed
+from secd_executor.uids import UidPool
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
+from secd_shared.limits import resolve_limits
+from secd_shared.safepath import Beneath, PathRefused, empty_tree, open_beneath
 from secd_shared.sealing import load_private_key, unseal
 from secd_shared.service import producer_for
 from secd_shared.worker import PermanentError
@@ -27,16 +36,23 @@ __all__ = ["Executor", "setup"]
 log = logging.getLogger("secd.executor")
 
 DB_PORTS = {"postgres": 5432, "mysql": 3306, "neo4j": 7687}
+# What is kept of the log of a run stopped at its disk limit.
+KEPT_LOG_BYTES = 1024 * 1024
 
 
 class Executor:
-    """Runs each issued run in its own sandbox."""
+    """Runs each issued run in its own sandbox, as its own uid, within its limits."""
 
     def __init__(self, config: Config, bus: EventBus) -> None:
         self.bus = bus
         self.runs_dir = config.path(config.executor.runs_dir)
         self.cache_root = config.path(config.executor.cache_root)
-        self.uid = config.executor.sandbox_uid
+        self.uids = UidPool(
+            config.executor.uid_first, config.executor.uid_count, self.runs_dir / ".uids"
+        )
+        self.limits = config.limits
+        self.cgroups = detect_cgroups(config.executor.cgroups, config.executor.cgroup_root)
+        self.cgroups.sweep()
         self.key = load_private_key(config.path(config.executor.private_key_file))
         self.producer = producer_for("executor")
         self.work_dir = config.path(config.builder.work_dir)
@@ -50,20 +66,62 @@ class Executor:
         plan, spec = issued.plan, issued.plan.spec
         if await has_ended(self.bus, event.run_id):
             return []
+        # Zero trust: paths from an event are used only inside the folders they belong to,
+        # and reached without following a link (secd_shared.safepath).
+        source = _below(plan.source_path, self.work_dir, "source")
+        env = _below(plan.env_path, self.envs_dir, "environment")
         run_dir = self.runs_dir / event.run_id
         output = run_dir / "output"
         # A redelivery after a crash starts over: no half-written output from the earlier try.
         shutil.rmtree(output, ignore_errors=True)
         output.mkdir(parents=True)
         run_dir.chmod(0o711)
-        # Zero trust: paths from an event are used only inside the folders they belong to.
-        _inside(Path(plan.source_path), self.work_dir, "source")
-        _inside(Path(plan.env_path), self.envs_dir, "environment")
-        cache = None
-        if spec.cache_dir:
-            researcher_cache = self.cache_root / _safe(event.actor)
-            cache = _inside(researcher_cache / spec.cache_dir, researcher_cache, "cache_dir")
-            cache.mkdir(parents=True, exist_ok=True)
+        lease = await self.uids.lease_async(event.run_id)
+        try:
+            async with self._cache_for(event.actor, spec.cache_dir) as cache:
+                return await self._run(stored, source, env, cache, lease.uid)
+        finally:
+            lease.release()
+
+    @contextlib.asynccontextmanager
+    async def _cache_for(self, researcher: str, cache_dir: str | None):
+        """The researcher's cache folder (made if new), held against their other runs."""
+        if not cache_dir:
+            yield None
+            return
+        folder = self.cache_root / _safe(researcher)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            cache = Beneath.of(folder, cache_dir)
+            fd = open_beneath(folder, list(cache.relative), create=True)
+        except PathRefused as exc:
+            raise PermanentError(f"cache_dir {cache_dir!r} cannot be used: {exc}") from None
+        os.close(fd)
+        # One run at a time per cache folder tree (a and a/b are one tree): each run owns its
+        # cache (its own uid) while it runs, and no other run can move links into it meanwhile.
+        locks = self.runs_dir / ".cache-locks"
+        locks.mkdir(exist_ok=True, mode=0o700)
+        tree = hashlib.sha256(cache.relative[0].encode()).hexdigest()[:16]
+        lock = os.open(locks / f"{_safe(researcher)}.{tree}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.5)
+            yield cache
+        finally:
+            os.close(lock)
+
+    async def _run(
+        self, stored: StoredEvent, source: Beneath, env: Beneath, cache: Beneath | None, uid: int
+    ) -> list[RunFinished]:
+        event = stored.event
+        issued = event.payload
+        assert isinstance(issued, CredentialsIssued)
+        spec = issued.plan.spec
+        run_dir = self.runs_dir / event.run_id
         port = DB_PORTS[issued.address.kind]
         address = issued.address
         # A Unix socket when the database has one (no TCP hop, no port to guess), else TCP.
@@ -78,7 +136,7 @@ class Executor:
             account=issued.account,
             kind=address.kind,
             database=address.database,
-            uid=self.uid,
+            uid=uid,
             **target,
         )
         environment = {
@@ -91,21 +149,25 @@ class Executor:
         if cache is not None:
             # Where secd.cache finds the mounted cache; without it, it caches nothing (no fallback).
             environment["SECD_CACHE_DIR"] = spec.mount_path
+        limits = resolve_limits(self.limits, spec.limits)
         sandbox = SandboxSpec(
             name=f"secd-{event.run_id}",
             command=list(spec.command),
-            source_dir=Path(plan.source_path),
-            env_dir=Path(plan.env_path),
-            output_dir=output,
+            source_dir=source,
+            env_dir=env,
+            output_dir=Beneath(run_dir, ("output",)),
             cache_dir=cache,
             mount_path=spec.mount_path,
-            db_socket=run_dir / "db.sock",
+            db_socket=Beneath(run_dir, ("db.sock",)),
             db_port=port,
             environment=environment,
             timeout_s=spec.runfor * 3600,
-            uid=self.uid,
+            uid=uid,
+            limits=limits,
+            cgroups=self.cgroups,
         )
         log_path = run_dir / "job.log"
+        output = run_dir / "output"
 
         async def started() -> None:
             await self.bus.publish(
@@ -127,17 +189,25 @@ class Executor:
         shipper.start()
         try:
             result = await run_sandboxed(sandbox, log_path, on_start=started)
+        except SandboxError as exc:
+            raise PermanentError(f"the sandbox could not start: {exc}") from None
         finally:
             # The account is revoked next; the relay goes first so no connection outlives the run.
             await relay.close()
             await shipper.stop()
         common = {"output_path": str(output), "log_path": str(log_path)}
+        if result.limit == "disk":
+            # Nothing of a run beyond its disk limit stays on the host: its output and the
+            # cache folder it filled are emptied, its log cut to the part the limit allows.
+            await asyncio.to_thread(_drop_excess, output, cache, log_path)
         if result.timed_out:
             raise PermanentError(
                 f"the job ran longer than runfor ({spec.runfor:g} h) and was stopped",
                 exit_code=result.exit_code,
                 **common,
             )
+        if result.limit_reason is not None:
+            raise PermanentError(result.limit_reason, exit_code=result.exit_code, **common)
         if result.exit_code != 0:
             raise PermanentError(
                 f"the job exited with code {result.exit_code}",
@@ -147,12 +217,34 @@ class Executor:
         return [RunFinished(exit_code=0, duration_s=round(result.duration_s, 3), **common)]
 
 
-def _inside(path: Path, root: Path, what: str) -> Path:
-    """`path`, resolved, when it lies under `root`; else the run fails (a forged event)."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise PermanentError(f"the run's {what} is not where secd keeps them; not run")
-    return resolved
+def _drop_excess(output: Path, cache: Beneath | None, log_path: Path) -> None:
+    """Empty the run's output and cache folder (links never followed); keep the log's start."""
+    for folder in (Beneath(output.parent, (output.name,)), cache):
+        if folder is None:
+            continue
+        try:
+            fd = open_beneath(folder.root, list(folder.relative))
+        except (PathRefused, OSError):
+            continue
+        try:
+            empty_tree(fd)
+        finally:
+            os.close(fd)
+    with open(log_path, "r+b") as log_file:
+        log_file.truncate(min(os.fstat(log_file.fileno()).st_size, KEPT_LOG_BYTES))
+        log_file.seek(0, os.SEEK_END)
+        log_file.write(
+            b"\n[secd: the rest of the log was dropped: the run passed its disk limit]\n"
+        )
+
+
+def _below(path: str, root: Path, what: str) -> Beneath:
+    """`path` from an event as `root` plus the parts below it; the run fails if it is not."""
+    try:
+        relative = Path(path).relative_to(root)
+        return Beneath.of(root, str(relative))
+    except (ValueError, PathRefused):
+        raise PermanentError(f"the run's {what} is not where secd keeps them; not run") from None
 
 
 def _safe(researcher: str) -> str:

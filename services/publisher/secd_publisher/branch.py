@@ -1,7 +1,8 @@
 """Results back into the researcher's repository as a new branch, with git plumbing only.
 
 No working tree, no checkout, no hooks: blobs are hashed into the object store, a tree is written
-from a throwaway index, a commit is made on top of the pushed head, and the branch is created
+from a throwaway index, a commit is made as a child of the pushed head (its tree holds only the
+results), and the branch is created
 only if it does not exist yet, so a retry after a crash returns the commit made the first time.
 """
 
@@ -13,6 +14,8 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from secd_shared.safepath import Beneath
 
 __all__ = ["PublishError", "list_files", "publish_branch"]
 
@@ -98,14 +101,22 @@ def _check_paths(paths: list[str]) -> None:
         raise PublishError(f"{clash[0]!r} is both a file and a directory of other files")
 
 
-def _hash_file(repo: Path, source: Path) -> str:
-    """Write a file on disk into the object store, streamed, refusing symlinks and non-files."""
-    try:
-        # O_NOFOLLOW: a symlink planted among the outputs must not publish what it points at.
-        # O_NONBLOCK: opening a FIFO must not hang; it is refused just below.
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise PublishError(f"cannot read {source}: {exc.strerror}") from None
+def _hash_file(repo: Path, source: Path | Beneath) -> str:
+    """Write a file on disk into the object store, streamed, refusing symlinks and non-files.
+
+    A Beneath (a job's output) is reached without following a link on any component.
+    """
+    if isinstance(source, Beneath):
+        fd = source.open_file()
+        if fd is None:
+            raise PublishError(f"cannot read {source.path}: a link or not a regular file")
+    else:
+        try:
+            # O_NOFOLLOW: a symlink planted among the outputs must not publish what it points at.
+            # O_NONBLOCK: opening a FIFO must not hang; it is refused just below.
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PublishError(f"cannot read {source}: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PublishError(f"not a regular file: {source}")
@@ -131,12 +142,15 @@ def publish_branch(
     repo: Path,
     branch: str,
     parent: str | None,
-    files: dict[str, Path | bytes],
+    files: dict[str, Path | Beneath | bytes],
     message: str,
     *,
     author: tuple[str, str] = ("secd", "secd@localhost"),
 ) -> str:
-    """Create branch `branch`: `parent`'s tree plus `files`; returns its commit, idempotently."""
+    """Create branch `branch`: a child of `parent` whose tree is `files` alone; returns its commit.
+
+    Idempotent: a branch that exists already is returned as it is.
+    """
     _check_branch(branch)
     paths = list(files)
     _check_paths(paths)
@@ -158,14 +172,12 @@ def publish_branch(
         if isinstance(content, bytes | bytearray | memoryview):
             sha = _hash_bytes(repo, bytes(content))
         else:
-            sha = _hash_file(repo, Path(content))
+            sha = _hash_file(repo, content if isinstance(content, Beneath) else Path(content))
         entries.append(f"100644 {sha}\t{path}".encode() + b"\0")
     with tempfile.TemporaryDirectory(prefix="secd-publish-") as scratch:
         index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        if parent_sha is not None:
-            # On top of the pushed tree: merging the results branch adds the results and keeps
-            # the researcher's source (a results-only tree would delete it on a fast-forward).
-            _git(repo, "read-tree", parent_sha, env=index)
+        # The tree holds the results only (docs/researcher.md): the parent links them to the
+        # pushed commit, but the source is not copied onto the results branch.
         if entries:
             _git(
                 repo,

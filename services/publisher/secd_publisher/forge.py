@@ -20,6 +20,7 @@ from typing import Protocol
 from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge import repository_path
+from secd_shared.safepath import Beneath
 
 from .branch import PublishError, publish_branch
 
@@ -58,7 +59,7 @@ class ResultsForge(Protocol):
         self,
         push: PushReceived,
         branch: str,
-        files: dict[str, Path | bytes],
+        files: dict[str, Path | Beneath | bytes],
         message: str,
         author: tuple[str, str],
     ) -> str:
