@@ -11,7 +11,8 @@ import subprocess
 
 import msgspec
 
-from secd_shared.events import PushVerified, RunRejected
+from secd_shared.events import PushVerified, RunRejected, new_event
+from secd_shared.service import producer_for
 from secd_verifier.service import Verifier
 
 from .conftest import ZERO, ForgeWorld, stored
@@ -180,3 +181,57 @@ async def test_a_pusher_who_cannot_be_a_researcher_is_rejected(world: ForgeWorld
     outcome = await verify(world, stored(payload, actor=pusher, project="alice/model"))
     assert isinstance(outcome, RunRejected) and outcome.commit is None
     assert repr(pusher) in outcome.reason
+    assert outcome.unknown_pusher
+
+
+async def test_nothing_is_written_into_the_repository_for_an_unknown_pusher(
+    world: ForgeWorld, keys, tmp_path, nats_server, admin_bus
+):
+    from secd_publisher.forge import make_results_forge
+    from secd_publisher.service import Publisher
+    from secd_publisher.status import StatusReporter
+
+    clone = setup_alice(world, keys, tmp_path)
+    head = clone.commit()
+    clone.push()
+    pusher = "acct-mallory" if world.gitlab is None else "9lives"
+    push = msgspec.structs.replace(
+        world.push_event("alice", "alice/model", ZERO, head).event.payload, pusher=pusher
+    )
+    project = world.projects["alice/model"]
+    bare = project if world.gitlab is None else project.repo
+
+    def refs() -> str:
+        return subprocess.run(
+            ["git", "--git-dir", str(bare), "for-each-ref"], capture_output=True, check=True
+        ).stdout.decode()
+
+    before = refs()
+    received = stored(push, actor=pusher, project="alice/model")
+    (rejection,) = await Verifier(world.config).on_push(received)
+    assert rejection.payload.unknown_pusher
+    # Into the log as the gateway and the verifier would write them, then to the publisher.
+    run_id = received.event.run_id
+    await admin_bus.publish(received.event)
+    await admin_bus.publish(
+        new_event(
+            rejection.payload, run_id=run_id, producer=producer_for("verifier"), actor=pusher,
+            project="alice/model", cause=received.event, cause_data=received.data,
+        )
+    )  # fmt: skip
+    forge = make_results_forge(world.config)
+    bus = await nats_server.bus("publisher")
+    try:
+        statuses = StatusReporter(
+            bus, forge, world.config.forge.results_prefix, accounts=world.config.forge.accounts
+        )
+        run = await admin_bus.read_run(run_id)
+        for event in run:
+            assert await statuses.on_event(event) == []
+        assert await Publisher(world.config, bus, forge).on_ended(run[-1]) == []
+    finally:
+        await bus.close()
+    assert refs() == before  # no results branch, no notes
+    assert forge.status_of(push) is None
+    if world.gitlab is not None:
+        assert not any(world.gitlab.statuses.values())

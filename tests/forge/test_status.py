@@ -117,7 +117,7 @@ async def test_the_consumer_follows_the_run_and_never_goes_back(nats_server, adm
     forge = EmbeddedResults(config)
     bus = await nats_server.bus("publisher")
     try:
-        reporter = StatusReporter(bus, forge, "secd/")
+        reporter = StatusReporter(bus, forge, "secd/", accounts={"acct-alice": "alice"})
         await admin_bus.publish(run[0])
         (received,) = await admin_bus.read_run(run_id)
         await reporter.on_event(received)
@@ -135,3 +135,37 @@ async def test_the_consumer_follows_the_run_and_never_goes_back(nats_server, adm
         assert forge.status_of(push) == CommitStatus("failed", "rejected: x is bad")
     finally:
         await bus.close()
+
+
+async def test_no_status_is_written_for_a_pusher_secd_does_not_know(nats_server, admin_bus, pushed):
+    config, commit = pushed
+    bare = config.path(config.forge.root) / "alice" / "model.git"
+    push = PushReceived(
+        forge="git", repository="alice/model", ref="refs/heads/main", before="0" * 40,
+        after=commit, pusher="acct-mallory",
+    )  # fmt: skip
+    rejected = RunRejected(
+        repository="alice/model", ref="refs/heads/main", head=commit, unknown_pusher=True,
+        reason="the account 'acct-mallory' that pushed is not mapped to a researcher",
+    )  # fmt: skip
+    run_id = new_run_id()
+    forge = EmbeddedResults(config)
+    bus = await nats_server.bus("publisher")
+    try:
+        reporter = StatusReporter(bus, forge, "secd/", accounts={"acct-alice": "alice"})
+        await admin_bus.publish(events(push, run_id=run_id)[0])
+        # Before the verifier has decided: the push alone says the pusher is unknown.
+        (received,) = await admin_bus.read_run(run_id)
+        await reporter.on_event(received)
+        assert forge.status_of(push) is None
+        await admin_bus.publish(events(rejected, run_id=run_id)[0])
+        for stored in await admin_bus.read_run(run_id):
+            await reporter.on_event(stored)
+    finally:
+        await bus.close()
+    assert forge.status_of(push) is None
+    refs = subprocess.run(
+        ["git", "--git-dir", str(bare), "for-each-ref", "--format=%(refname)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert refs == []  # no notes ref, no branch: the fixture's commit is on no ref at all

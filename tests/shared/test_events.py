@@ -78,3 +78,17 @@ def test_sealed_password_opens_only_with_the_private_key(tmp_path):
         unseal(load_private_key(tmp_path / "other"), sealed)
     assert other != public
     assert (tmp_path / "key").stat().st_mode & 0o077 == 0
+
+
+def test_a_rejection_written_before_unknown_pusher_existed_still_decodes():
+    from secd_shared.events import RunRejected
+
+    rejected = RunRejected(repository="a/b", ref="refs/heads/main", head="1" * 40, reason="no")
+    data = json.loads(encode_event(_event()))
+    data["type"] = "run.rejected"
+    data["payload"] = {
+        "type": "run.rejected", "repository": "a/b", "ref": "refs/heads/main",
+        "head": "1" * 40, "reason": "no", "commit": None,
+    }  # fmt: skip
+    decoded = decode_event(json.dumps(data).encode()).payload
+    assert decoded == rejected and decoded.unknown_pusher is False

@@ -2,7 +2,8 @@
 
 Every run that reached the forge gets its outcome back in the repository, as branch
 `secd/<run_id>`: the outputs, the job log, a manifest, and for a failed or rejected run the reason
-in one line with the log's tail, so the researcher sees it where they work.
+in one line with the log's tail, so the researcher sees it where they work. A push rejected
+because its pusher is no researcher secd knows gets nothing: the repository may be anyone's.
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ class Publisher:
         push = next((e.payload for e in events if e.type == "push.received"), None)
         if not isinstance(push, PushReceived):
             raise PermanentError("the run has no push.received event; nothing to publish to")
+        rejected = next((e.payload for e in events if e.type == "run.rejected"), None)
+        if getattr(rejected, "unknown_pusher", False):
+            log.info(
+                "nothing written to %s: the pusher is no researcher secd knows",
+                push.repository,
+                extra={"run_id": stored.event.run_id},
+            )
+            return []
         view = fold_run(stored.event.run_id, events)
         try:
             return [await asyncio.to_thread(self._publish, push, view, events)]
@@ -178,7 +187,9 @@ async def setup(config: Config, bus: EventBus):
         forge = make_results_forge(config)
     except ConfigError as exc:
         raise SystemExit(f"secd-publisher: {exc}") from None
-    statuses = StatusReporter(bus, forge, config.forge.results_prefix)
+    statuses = StatusReporter(
+        bus, forge, config.forge.results_prefix, accounts=config.forge.accounts
+    )
     return {
         "publisher": Publisher(config, bus, forge).on_ended,
         "publisher-status": statuses.on_event,

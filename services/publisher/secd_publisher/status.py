@@ -9,6 +9,10 @@ events and cannot fail a run: a status the forge will not take is retried, then 
 Each event sets the status the run had reached with it (the log up to that event), so every
 stage shows; an event handled after the run has ended (a late redelivery) sets nothing, so a
 finished run never goes back to running.
+
+No status at all is set for a push whose pusher is no researcher secd knows: not `pending`
+before the verifier has decided (secd_shared.pushes.researcher_of, the verifier's own rule,
+answers that from the push alone), and nothing after it rejected the push for that reason.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Mapping
 
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.events import TERMINAL_TYPES, Event, PushReceived
+from secd_shared.pushes import UnknownPusher, researcher_of
 from secd_shared.runs import fold_run
 from secd_shared.worker import TransientError
 
@@ -69,11 +75,19 @@ def status_for(events: list[Event], results_prefix: str) -> CommitStatus | None:
 class StatusReporter:
     """The `publisher-status` consumer: sets the forge's commit status at every stage."""
 
-    def __init__(self, bus: EventBus, forge: ResultsForge, results_prefix: str) -> None:
-        """Read runs from `bus`, write statuses to `forge`."""
+    def __init__(
+        self,
+        bus: EventBus,
+        forge: ResultsForge,
+        results_prefix: str,
+        *,
+        accounts: Mapping[str, str] | None = None,
+    ) -> None:
+        """Read runs from `bus`, write statuses to `forge`; `accounts` is forge.accounts."""
         self.bus = bus
         self.forge = forge
         self.results_prefix = results_prefix
+        self.accounts = dict(accounts or {})
         # Events of one run are handled one at a time: read the log, then write, in order.
         self._locks = [asyncio.Lock() for _ in range(64)]
         # The last status written per run (bounded): an unchanged one is not sent again.
@@ -89,6 +103,8 @@ class StatusReporter:
             status = status_for(events, self.results_prefix)
             if not isinstance(push, PushReceived) or status is None:
                 return []
+            if not self._pusher_known(push, [s.event for s in run]):
+                return []
             ended = not any(e.type in TERMINAL_TYPES for e in events) and any(
                 s.event.type in TERMINAL_TYPES for s in run
             )
@@ -103,3 +119,17 @@ class StatusReporter:
                 self._written.pop(next(iter(self._written)))
         log.info("status %s: %s", status.state, status.description, extra={"run_id": run_id})
         return []
+
+    def _pusher_known(self, push: PushReceived, run: list[Event]) -> bool:
+        """Whether the run may have a status: the verifier's verdict, else the same rule."""
+        for event in run:
+            if event.type == "push.verified":
+                return True
+            if event.type == "run.rejected":
+                return not getattr(event.payload, "unknown_pusher", False)
+        try:
+            researcher_of(push, self.accounts)
+        except UnknownPusher:
+            log.info("no status for %s: the pusher is no researcher secd knows", push.after[:12])
+            return False
+        return True

@@ -14,6 +14,7 @@ from typing import Protocol
 from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge import repository_path
+from secd_shared.pushes import UnknownPusher, researcher_of
 
 from .keyring import Keyring
 from .signatures import KeySource
@@ -23,10 +24,6 @@ __all__ = ["EmbeddedSource", "ForgeUnavailable", "PushSource", "UnknownPusher", 
 
 class ForgeUnavailable(Exception):
     """The forge cannot be asked right now (network, outage, a token it refuses): retry later."""
-
-
-class UnknownPusher(Exception):
-    """Whoever pushed cannot act as a researcher; the message says why and what to do."""
 
 
 class PushSource(Protocol):
@@ -72,13 +69,7 @@ class EmbeddedSource:
 
     def researcher_of(self, push: PushReceived) -> str:
         """The researcher forge.accounts maps the pushing local account to."""
-        researcher = self.accounts.get(push.pusher)
-        if researcher is None:
-            raise UnknownPusher(
-                f"the account {push.pusher!r} that pushed is not mapped to a researcher; "
-                "ask the operator to add it to forge.accounts"
-            )
-        return researcher
+        return researcher_of(push, self.accounts)
 
     def project_key(self, push: PushReceived) -> str:
         """The repository's name."""

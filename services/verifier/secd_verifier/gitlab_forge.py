@@ -22,10 +22,10 @@ import requests
 from secd_shared.config import Config, read_secret
 from secd_shared.events import PushReceived
 from secd_shared.forge_git import ForgeGitError, GitMirrors
+from secd_shared.pushes import researcher_of
 
 from .commits import ZERO
-from .forge import ForgeUnavailable, UnknownPusher
-from .keyring import check_researcher
+from .forge import ForgeUnavailable
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -125,15 +125,7 @@ class GitLabSource:
 
     def researcher_of(self, push: PushReceived) -> str:
         """The GitLab username, as the researcher's name (GitLab usernames ignore case)."""
-        if push.forge_user_id is None:
-            raise UnknownPusher("the push does not name the GitLab user who pushed")
-        try:
-            return check_researcher(push.pusher.lower())
-        except ValueError:
-            raise UnknownPusher(
-                f"GitLab user {push.pusher!r} cannot be a researcher: secd needs a username of "
-                "a-z, 0-9, '_', '.' or '-' that starts with a letter"
-            ) from None
+        return researcher_of(push, {})
 
     def project_key(self, push: PushReceived) -> str:
         """The project id: a path can be renamed and reused by another project."""

@@ -8,6 +8,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from secd_shared.pushes import RESEARCHER_NAME
+
 # pgpy 0.6 imports imghdr, deprecated since Python 3.11 (and gone in 3.13).
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -17,7 +19,8 @@ __all__ = ["Keyring", "check_researcher", "normalize_key_id", "subkey_for"]
 
 log = logging.getLogger(__name__)
 
-_RESEARCHER = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+# One rule for researcher names, shared with the gateway and the publisher.
+_RESEARCHER = RESEARCHER_NAME
 _KEY_ID = re.compile(r"[0-9A-F]{16}|[0-9A-F]{40}")
 
 # One entry per .asc file: (name, mtime_ns, ctime_ns, size, inode); any change reloads the folder.

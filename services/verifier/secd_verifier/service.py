@@ -45,7 +45,9 @@ class Verifier:
             return []
         researcher: str | None = None
 
-        def reject(reason: str, commit: str | None = None) -> list[Emit]:
+        def reject(
+            reason: str, commit: str | None = None, *, unknown_pusher: bool = False
+        ) -> list[Emit]:
             return [
                 Emit(
                     RunRejected(
@@ -54,6 +56,7 @@ class Verifier:
                         head=push.after,
                         reason=reason,
                         commit=commit,
+                        unknown_pusher=unknown_pusher,
                     ),
                     actor=researcher,
                 )
@@ -69,7 +72,9 @@ class Verifier:
         try:
             researcher = self.source.researcher_of(push)
         except UnknownPusher as exc:
-            return reject(str(exc))
+            # Whoever this is, secd must not write on their behalf into the repository they
+            # named (it may be another researcher's): the publisher writes nothing for this.
+            return reject(str(exc), unknown_pusher=True)
         return await asyncio.to_thread(self._verify, push, researcher, reject)
 
     def _verify(self, push: PushReceived, researcher: str, reject) -> list[Emit]:
