@@ -4,23 +4,20 @@ each in its own process, driven by `git push` to the embedded forge."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from secd.audit import open_log, wait_for_commit
-from secd.stack import Stack
-from secd_shared.forge import create_repository
+from secd.audit import open_log
 from secd_shared.runs import fold_run
-from tests.gpghelp import GpgKey, git_env, make_key, stop_agent
 from tests.helpers import wait_until
+
+from .conftest import run_of
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -69,90 +66,6 @@ time.sleep(settings["sleep"])
 '''
 
 
-class Researcher:
-    """A local clone with a signing key, pushing to the embedded forge."""
-
-    def __init__(self, work: Path, key: GpgKey, remote: Path) -> None:
-        self.work, self.key = work, key
-        work.mkdir(parents=True)
-        self.git("init", "-q", "-b", "main")
-        self.git("remote", "add", "origin", str(remote))
-        self.n = 0
-
-    def git(self, *args: str, sign_as: GpgKey | None = None) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=self.work, env=git_env(sign_as or self.key),
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    def commit(self, files: dict[str, str], *, sign: bool = True, sign_as=None) -> str:
-        self.n += 1
-        for name, text in files.items():
-            (self.work / name).write_text(text)
-        self.git("add", "-A")
-        flag = "-S" if sign else "--no-gpg-sign"
-        self.git("commit", "-q", flag, "--allow-empty", "-m", f"change {self.n}", sign_as=sign_as)
-        return self.git("rev-parse", "HEAD")
-
-    def push(self) -> None:
-        self.git("push", "-q", "origin", "HEAD:refs/heads/main")
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    home = tmp_path_factory.mktemp("keys")
-    alice = make_key(home, "Alice", "alice@example.org")
-    bob = make_key(home, "Bob", "bob@example.org")
-    yield alice, bob
-    stop_agent(alice)
-    stop_agent(bob)
-
-
-@pytest.fixture(scope="module")
-async def stack(tmp_path_factory, keys):
-    alice, bob = keys
-    root = tmp_path_factory.mktemp("stack")
-    stack = Stack(root / "state", accounts={getpass.getuser(): "alice"}, ack_wait_s=3.0)
-    stack.prepare()
-    for name, key in (("alice", alice), ("bob", bob)):
-        (stack.state_dir / "keys" / name).mkdir(parents=True)
-        (stack.state_dir / "keys" / name / "key.asc").write_text(key.public_armor)
-    (stack.state_dir / "groups.toml").write_text(
-        '[researchers]\nalice = ["postgres-patients-read"]\n'
-    )
-    await stack.start()
-    conn = await asyncpg.connect(**stack.postgres_admin_dsn())
-    await conn.execute(
-        "CREATE TABLE patients (id int); INSERT INTO patients SELECT generate_series(1, 25);"
-        "CREATE TABLE billing (id int);"
-    )
-    await conn.close()
-    yield stack
-    await stack.stop()
-
-
-@pytest.fixture
-def repo(stack, keys, tmp_path, request) -> Researcher:
-    name = f"alice/{request.node.name.replace('_', '-')[:40]}"
-    bare = create_repository(
-        stack.state_dir / "forge",
-        name,
-        gateway_url=stack.gateway_url,
-        token_file=Path(stack.config["gateway"]["token_file"]),
-    )
-    return Researcher(tmp_path / "clone", keys[0], bare)
-
-
-async def _run_of(stack, head: str, until: str, timeout: float = 120):
-    bus = await open_log(stack.state_dir)
-    try:
-        return await wait_for_commit(bus, head, until, timeout=timeout, interval=0.1)
-    finally:
-        await bus.close()
-
-
 def _project(stack, sleep: float = 0) -> dict[str, str]:
     return {
         "main.py": PROBE_JOB,
@@ -165,7 +78,7 @@ def _project(stack, sleep: float = 0) -> dict[str, str]:
 async def test_a_signed_push_runs_and_is_published_and_the_account_is_gone(stack, repo):
     head = repo.commit(_project(stack))
     repo.push()
-    run = await _run_of(stack, head, "results.published")
+    run = await run_of(stack, head, "results.published")
     events = [s.event for s in run]
     view = fold_run(events[0].run_id, events)
     assert view.outcome == "succeeded", (view.reason, view.log_tail)
@@ -208,7 +121,7 @@ async def test_a_signed_push_runs_and_is_published_and_the_account_is_gone(stack
         assert password not in log.read_text(errors="replace"), log.name
 
     # The account is gone: it cannot log in after the run.
-    run = await _run_of(stack, head, "credentials.revoked")
+    run = await run_of(stack, head, "credentials.revoked")
     issued = next(s.event.payload for s in run if s.event.type == "credentials.issued")
     dsn = stack.postgres_admin_dsn()
     with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
@@ -221,7 +134,7 @@ async def test_a_signed_push_runs_and_is_published_and_the_account_is_gone(stack
 async def test_an_unsigned_push_is_rejected_with_the_commit_named(stack, repo):
     head = repo.commit({"main.py": "print('hi')\n"}, sign=False)
     repo.push()
-    run = await _run_of(stack, head, "results.published")
+    run = await run_of(stack, head, "results.published")
     types = [s.event.type for s in run]
     assert "build.succeeded" not in types and "credentials.issued" not in types
     rejected = next(s.event.payload for s in run if s.event.type == "run.rejected")
@@ -234,7 +147,7 @@ async def test_a_commit_signed_with_someone_elses_key_is_rejected(stack, repo, k
     repo.commit({"main.py": "print('hi')\n"})
     head = repo.commit({"other.py": "x = 1\n"}, sign_as=bob)
     repo.push()
-    run = await _run_of(stack, head, "run.rejected")
+    run = await run_of(stack, head, "run.rejected")
     rejected = next(s.event.payload for s in run if s.event.type == "run.rejected")
     assert rejected.commit == head and "of bob" in rejected.reason
 
@@ -242,7 +155,7 @@ async def test_a_commit_signed_with_someone_elses_key_is_rejected(stack, repo, k
 async def test_a_bad_secd_yml_fails_the_run_naming_the_field(stack, repo):
     head = repo.commit({"main.py": "print('hi')\n", "secd.yml": "runfor: soon\n"})
     repo.push()
-    run = await _run_of(stack, head, "results.published")
+    run = await run_of(stack, head, "results.published")
     failed = next(s.event.payload for s in run if s.event.type == "run.failed")
     assert failed.stage == "builder" and "runfor" in failed.reason
 
@@ -250,12 +163,12 @@ async def test_a_bad_secd_yml_fails_the_run_naming_the_field(stack, repo):
 async def test_an_executor_killed_mid_run_still_leads_to_exactly_one_published_run(stack, repo):
     head = repo.commit(_project(stack, sleep=2))
     repo.push()
-    await _run_of(stack, head, "run.started")
+    await run_of(stack, head, "run.started")
     stack.kill_service("executor")  # SIGKILL, mid-run
     time.sleep(0.5)
     stack.start_service("executor")
-    run = await _run_of(stack, head, "credentials.revoked", timeout=120)
-    run = await _run_of(stack, head, "results.published", timeout=120)
+    run = await run_of(stack, head, "credentials.revoked", timeout=120)
+    run = await run_of(stack, head, "results.published", timeout=120)
     types = [s.event.type for s in run]
     assert types.count("results.published") == 1
     assert types.count("run.finished") == 1
@@ -309,10 +222,10 @@ async def test_a_query_running_when_the_run_ends_is_cut_off(stack, repo):
         }
     )
     repo.push()
-    run = await _run_of(stack, head, "run.started")
+    run = await run_of(stack, head, "run.started")
     issued = next(s.event.payload for s in run if s.event.type == "credentials.issued")
     assert await wait_until(lambda: _sessions_of(stack, issued.account), timeout=30)
-    run = await _run_of(stack, head, "credentials.revoked", timeout=60)
+    run = await run_of(stack, head, "credentials.revoked", timeout=60)
     failed = next(s.event.payload for s in run if s.event.type == "run.failed")
     assert "longer than runfor" in failed.reason
     assert await _sessions_of(stack, issued.account) == 0
@@ -321,16 +234,16 @@ async def test_a_query_running_when_the_run_ends_is_cut_off(stack, repo):
 async def test_a_credentials_service_killed_mid_run_still_revokes_after_restart(stack, repo):
     head = repo.commit(_project(stack, sleep=2))
     repo.push()
-    run = await _run_of(stack, head, "run.started")
+    run = await run_of(stack, head, "run.started")
     issued = next(s.event.payload for s in run if s.event.type == "credentials.issued")
     stack.kill_service("credentials")  # SIGKILL while the job runs
-    await _run_of(stack, head, "run.finished")  # the run ends while nobody can revoke
+    await run_of(stack, head, "run.finished")  # the run ends while nobody can revoke
     conn = await asyncpg.connect(**stack.postgres_admin_dsn())
     try:
         role = "SELECT count(*) FROM pg_roles WHERE rolname = $1"
         assert await conn.fetchval(role, issued.account) == 1
         stack.start_service("credentials")
-        await _run_of(stack, head, "credentials.revoked", timeout=60)
+        await run_of(stack, head, "credentials.revoked", timeout=60)
         assert await conn.fetchval(role, issued.account) == 0
     finally:
         await conn.close()
@@ -348,7 +261,7 @@ print(f"second {time.time():.3f}", flush=True)
 async def test_secd_logs_follow_shows_lines_within_a_second(stack, repo):
     head = repo.commit({"main.py": CHATTY_JOB, "secd.yml": "runfor: 0.05\n"})
     repo.push()
-    run = await _run_of(stack, head, "run.started")
+    run = await run_of(stack, head, "run.started")
     run_id = run[0].event.run_id
     follower = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "secd", "--state-dir", str(stack.state_dir), "logs", run_id, "-f",
@@ -372,7 +285,7 @@ async def test_secd_logs_follow_shows_lines_within_a_second(stack, repo):
 async def test_secd_runs_lists_and_shows_runs(stack, repo):
     head = repo.commit({"main.py": "print('hi')\n"}, sign=False)
     repo.push()
-    run = await _run_of(stack, head, "results.published")
+    run = await run_of(stack, head, "results.published")
     run_id = run[0].event.run_id
 
     def secd(*args: str) -> str:
@@ -398,7 +311,7 @@ async def test_a_failed_job_s_output_reaches_the_researcher_but_never_the_audit_
     job = f"import sys\nprint('{marker}', flush=True)\nsys.exit(3)\n"
     head = repo.commit({"main.py": job, "secd.yml": "runfor: 0.05\n"})
     repo.push()
-    run = await _run_of(stack, head, "results.published")
+    run = await run_of(stack, head, "results.published")
     failed = next(s.event.payload for s in run if s.event.type == "run.failed")
     assert failed.reason == "the job exited with code 3" and failed.exit_code == 3
     assert all(marker.encode() not in s.data for s in run)

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import stat
 from pathlib import Path
 
 from secd_publisher.branch import PublishError
@@ -23,6 +22,7 @@ from secd_shared.config import Config, ConfigError
 from secd_shared.events import PushReceived, ResultsPublished
 from secd_shared.forge import ForgeError
 from secd_shared.runs import RunView, fold_run
+from secd_shared.safepath import Beneath, PathRefused, open_beneath, regular_files
 from secd_shared.tail import log_tail
 from secd_shared.worker import PermanentError, TransientError
 
@@ -33,31 +33,31 @@ __all__ = ["Publisher", "collect_outputs", "setup"]
 MAX_OUTPUT_BYTES = 2 * 1024**3
 
 
-def collect_outputs(output: Path) -> tuple[dict[str, Path], list[dict]]:
+def collect_outputs(output: Path) -> tuple[dict[str, Beneath], list[dict]]:
     """Regular files under the run's output, and what was left out and why.
 
     The job controlled this folder: a symlink or device here must never make us (outside the
-    sandbox) read a file of the host, so only regular files are taken, never followed links.
+    sandbox) read a file of the host, so only regular files are taken, reached below the
+    output folder without following any link (secd_shared.safepath), now and when read.
     """
-    files: dict[str, Path] = {}
+    files: dict[str, Beneath] = {}
     excluded: list[dict] = []
     total = 0
-    if not output.is_dir():
+    try:
+        fd = open_beneath(output.parent, [output.name])
+    except (PathRefused, OSError):
         return files, excluded
-    for dirpath, dirnames, filenames in os.walk(output, followlinks=False):
-        for name in sorted(filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]):
-            path = Path(dirpath, name)
-            rel = path.relative_to(output).as_posix()
-            mode = path.lstat().st_mode
-            if not stat.S_ISREG(mode):
-                excluded.append({"path": rel, "reason": "not a regular file (link or device)"})
-                continue
-            size = path.lstat().st_size
-            if total + size > MAX_OUTPUT_BYTES:
+    skipped: list[str] = []
+    try:
+        for rel, _folder_fd, info in regular_files(fd, skipped):
+            if total + info.st_size > MAX_OUTPUT_BYTES:
                 excluded.append({"path": rel, "reason": "outputs exceed 2 GiB in all"})
                 continue
-            total += size
-            files[f"output/{rel}"] = path
+            total += info.st_size
+            files[f"output/{rel}"] = Beneath(output, tuple(rel.split("/")))
+    finally:
+        os.close(fd)
+    excluded += [{"path": p, "reason": "not a regular file (link or device)"} for p in skipped]
     return files, excluded
 
 
@@ -121,7 +121,7 @@ class Publisher:
         output_path = self._ours(getattr(payload, "output_path", None))
         log_path = self._ours(getattr(payload, "log_path", None))
         files, excluded = collect_outputs(Path(output_path)) if output_path else ({}, [])
-        content: dict[str, Path | bytes] = dict(files)
+        content: dict[str, Path | Beneath | bytes] = dict(files)
         if log_path and Path(log_path).is_file():
             content["secd-run.log"] = Path(log_path)
             # The job's output never enters the audit log; its tail is read here, for the
