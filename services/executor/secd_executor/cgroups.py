@@ -76,27 +76,29 @@ class RunCgroup:
                 with contextlib.suppress(OSError):
                     kill_file.write_text("1")
                 continue
-            for _ in range(50):
+            # Processes killed with their pid namespace leave the list within a millisecond or
+            # two; poll often so the run's end is not held up.
+            for _ in range(1000):
                 pids = _pids(folder)
                 if not pids:
                     break
                 for pid in pids:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                time.sleep(0.01)
+                time.sleep(0.001)
 
     def remove(self) -> None:
         """Kill what is left and remove the folders; retried briefly while processes exit."""
         self.kill()
         for folder in self.folders.values():
-            for _ in range(100):
+            for _ in range(1000):
                 try:
                     folder.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    time.sleep(0.01)
+                    time.sleep(0.001)
             else:
                 log.warning("cgroup %s could not be removed", folder)
 

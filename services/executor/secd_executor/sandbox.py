@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
+import marshal
 import math
 import os
 import posixpath
@@ -436,7 +436,9 @@ def _build(
         "uid": spec.uid,
         "argv": bwrap,
     }
-    argv = [sys.executable, "-I", "-S", str(_LAUNCHER), json.dumps(plan), str(status_fd)]
+    # The launcher runs on this very interpreter, so marshal's format is the same on both sides.
+    encoded = marshal.dumps(plan).hex()
+    argv = [sys.executable, "-I", "-S", str(_LAUNCHER), encoded, str(status_fd)]
 
     # Secrets travel only in the environment: argv is world-readable in /proc/*/cmdline.
     env = {"LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", **spec.environment}
@@ -586,13 +588,18 @@ async def run_sandboxed(
         limit = asyncio.timeout_at(deadline)
         try:
             async with limit:
-                failure = await _launched(read_fd)
+                # run.started is written while the launcher sets the sandbox up: the event's
+                # round trip is not added to the run's start (a failed set-up fails the run).
+                announced = asyncio.ensure_future(on_start()) if on_start is not None else None
+                try:
+                    failure = await _launched(read_fd)
+                finally:
+                    if announced is not None:
+                        await announced
                 if failure:
                     await proc.wait()
                     raise SandboxError(failure)
                 watch.start()
-                if on_start is not None:
-                    await on_start()
                 await proc.wait()
         except TimeoutError:
             if not limit.expired():
