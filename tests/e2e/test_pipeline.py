@@ -327,3 +327,23 @@ async def test_a_failed_job_s_output_reaches_the_researcher_but_never_the_audit_
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "the job exited with code 3" in summary and marker in summary
+
+
+async def test_a_huge_secd_yml_is_refused_at_the_documented_64_kib(stack, repo):
+    head = repo.commit({"main.py": "print('hi')\n", "secd.yml": "# " + "x" * 5_000_000 + "\n"})
+    repo.push()
+    run = await run_of(stack, head, "results.published")
+    failed = next(s.event.payload for s in run if s.event.type == "run.failed")
+    assert failed.stage == "builder"
+    assert "more than the 64 KiB secd reads" in failed.reason, failed.reason
+
+
+async def test_an_empty_tree_commit_builds_and_runs(stack, repo):
+    # No files at all: the build succeeds (an empty source), the default command finds no main.py.
+    head = repo.commit({})
+    repo.push()
+    run = await run_of(stack, head, "results.published")
+    types = [s.event.type for s in run]
+    assert "build.succeeded" in types and "run.started" in types
+    failed = next(s.event.payload for s in run if s.event.type == "run.failed")
+    assert failed.reason == "the job exited with code 2", failed.reason
