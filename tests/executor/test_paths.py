@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from secd_executor.service import _below
+from secd_executor.bwrap import below as _below
 from secd_shared.safepath import Beneath, PathRefused, open_beneath
 from secd_shared.worker import PermanentError
 

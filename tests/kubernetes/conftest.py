@@ -71,6 +71,7 @@ def run_request(tmp_path: Path, run_id: str = "r0123456789abcdef01", **overrides
         image=RUN_IMAGE,
         command=["python", "main.py"],
         database="sensitive",
+        db_kind="postgres",
         db_host="10.20.30.40",
         db_port=5432,
         db_name="sensitive",

@@ -11,8 +11,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from secd_executor.bwrap import BwrapRuntime
 from secd_executor.kubernetes import KubernetesExecutor
 from secd_executor.runtime import RuntimeExecutor
+from secd_executor.stub import StubRuntime
 from secd_shared.config import Config, ExecutorConfig
 from secd_shared.events import (
     CredentialsIssued,
@@ -219,11 +221,17 @@ def test_setup_picks_the_runtime_by_config(monkeypatch, tmp_path: Path, fake_k8s
         assert handlers["executor"].__self__.__class__ is RuntimeExecutor
         assert isinstance(handlers["executor"].__self__.runtime, KubernetesExecutor)
         await cleanup()
-        plain = await service.setup(
-            msgspec.structs.replace(config, executor=ExecutorConfig(private_key_file=str(key))),
-            None,
-        )
-        assert plain["executor"].__self__.__class__ is service.Executor
+        for kind, runtime_class in (("bwrap", BwrapRuntime), ("stub", StubRuntime)):
+            plain, close = await service.setup(
+                msgspec.structs.replace(
+                    config, executor=ExecutorConfig(private_key_file=str(key), kind=kind)
+                ),
+                None,
+            )
+            # One handler, whatever the runtime: only the port differs.
+            assert plain["executor"].__self__.__class__ is RuntimeExecutor
+            assert isinstance(plain["executor"].__self__.runtime, runtime_class)
+            await close()
 
     asyncio.run(go())
 

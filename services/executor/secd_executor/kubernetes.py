@@ -388,6 +388,16 @@ class KubernetesExecutor:
 
     async def prepare(self, request: RunRequest) -> None:
         """Create the suspended Job, then its Secret, output PVC, NetworkPolicy and cache PVC."""
+        if not request.image:
+            raise PermanentError(
+                "the run has no image to start: executor.kind = kubernetes needs "
+                "builder.kind = buildkit"
+            )
+        if not request.db_host:
+            raise PermanentError(
+                f"database {request.database} is configured with a Unix socket only; a job in "
+                "the cluster needs its host and port (credentials.databases.*.host)"
+            )
         await asyncio.to_thread(self._prepare, request)
 
     def _job_and_pods(self, run_id: str) -> tuple[dict, list[dict]]:
@@ -436,6 +446,9 @@ class KubernetesExecutor:
         if state.never_started:
             log.warning("job %s cannot start: %s", name, state.reason)
         reason = state.reason
+        if state.exit_code is not None and reason == f"the job exited with code {state.exit_code}":
+            # The command ran to its end: the port's reason is None, the exit code says the rest.
+            reason = None
         if state.deadline_exceeded and not started:
             reason = "the job did not start within runfor (no node could run it in time)"
         status = job.get("status") or {}

@@ -7,9 +7,9 @@ for the same run, as the worker loop redelivers an event after a crash: a second
 its own objects, a second execute adopts the job already running (or already ended), a second
 collect copies again, a second cleanup finds nothing left to remove.
 
-`RuntimeExecutor.on_issued` is the credentials.issued handler written against that port; the
-Kubernetes runtime (kubernetes.py) plugs into it. The bubblewrap sandbox still runs through
-`service.Executor`, which predates this port and follows the same four steps inline.
+`RuntimeExecutor.on_issued` is the credentials.issued handler written against that port, and
+the only one: the bubblewrap runtime (bwrap.py), the Kubernetes runtime (kubernetes.py) and the
+stub (stub.py) plug into it, and one contract suite (tests/contracts) runs against all three.
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ class RunRequest:
     run_id: str
     researcher: str
     project: str
-    image: str
     command: list[str]
     database: str
-    db_host: str
+    db_kind: str
     db_port: int
     db_name: str
     db_user: str
@@ -58,6 +57,15 @@ class RunRequest:
     mount_path: str
     output_dir: Path
     log_path: Path
+    # Where the database is: a host (and db_port) a job's network reaches, or the server's
+    # Unix socket (a runtime on the database's machine relays to it).
+    db_host: str | None = None
+    db_socket: str | None = None
+    # What to run it with: the built image (Kubernetes), or the environment and source
+    # folders the builder prepared (this machine).
+    image: str | None = None
+    environment: str = ""
+    source: str = ""
     # What the run may use (the site's defaults, the project's secd.yml, the site's maximum).
     limits: Limits = DEFAULT_LIMITS
 
@@ -95,6 +103,10 @@ class ExecutorAPI(Protocol):
         """Remove everything the run created; what is already gone is skipped."""
         ...
 
+    async def close(self) -> None:
+        """Release what the runtime holds for all runs (clients, background tasks)."""
+        ...
+
 
 async def has_ended(bus: EventBus, run_id: str) -> bool:
     """Whether the run already has its end: a redelivery after a crash before the ack.
@@ -121,25 +133,16 @@ class RuntimeExecutor:
         issued = event.payload
         assert isinstance(issued, CredentialsIssued)
         plan, spec, address = issued.plan, issued.plan.spec, issued.address
-        if not plan.image:
-            raise PermanentError(
-                "the run has no image to start: executor.kind = kubernetes needs "
-                "builder.kind = buildkit"
-            )
-        if not address.host:
-            raise PermanentError(
-                f"database {issued.database} is configured with a Unix socket only; a job in "
-                "the cluster needs its host and port (credentials.databases.*.host)"
-            )
         run_dir = self.runs_dir / event.run_id
         return RunRequest(
             run_id=event.run_id,
             researcher=event.actor,
             project=event.project,
-            image=plan.image,
             command=list(spec.command),
             database=issued.database,
+            db_kind=address.kind,
             db_host=address.host,
+            db_socket=address.socket,
             db_port=address.port or DB_PORTS.get(address.kind, 0),
             db_name=address.database,
             db_user=issued.account,
@@ -150,6 +153,9 @@ class RuntimeExecutor:
             mount_path=spec.mount_path,
             output_dir=run_dir / "output",
             log_path=run_dir / "job.log",
+            image=plan.image,
+            environment=plan.env_path,
+            source=plan.source_path,
             limits=resolve_limits(self.limits, spec.limits),
         )
 
