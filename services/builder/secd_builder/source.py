@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
+from secd_shared.git import Repository
 from secd_shared.limits import format_size
 
 __all__ = ["SourceError", "export_source", "read_file_at"]
@@ -23,36 +22,18 @@ class SourceError(Exception):
     """The source cannot be read or exported; the message is one line."""
 
 
-def _git_env() -> dict[str, str]:
-    # An inherited GIT_DIR or GIT_INDEX_FILE would point git somewhere other than `repo`.
-    return {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+def _repository(repo: Path) -> Repository:
+    return Repository(repo, error=SourceError)
 
 
-def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(
-        ["git", "--git-dir", str(repo), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=_git_env(),
-        check=False,
-    )
-    if check and result.returncode != 0:
-        detail = " ".join(result.stderr.decode("utf-8", "replace").split())
-        raise SourceError(f"git {args[0]} failed in {repo}: {detail}")
-    return result
-
-
-def _resolve_commit(repo: Path, commit: str) -> str:
-    """The full object name of `commit`, which must name a commit in `repo`."""
+def _resolve_commit(git: Repository, commit: str) -> str:
+    """The full object name of `commit`, which must name a commit in the repository."""
     if not commit or commit.startswith("-") or "\0" in commit:
         raise SourceError(f"not a commit name: {commit!r}")
-    result = _git(
-        repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{commit}^{{commit}}",
-        check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise SourceError(f"commit {commit} is not in {repo}")
-    return result.stdout.decode().strip()
+    sha = git.resolve(commit, peel="commit")
+    if sha is None:
+        raise SourceError(f"commit {commit} is not in {git.path}")
+    return sha
 
 
 def _check_relative(path: str) -> None:
@@ -66,8 +47,9 @@ def read_file_at(
 ) -> bytes | None:
     """The bytes of file `path` at `commit`, or None if the commit has no such file."""
     _check_relative(path)
-    sha = _resolve_commit(repo, commit)
-    listing = _git(repo, "ls-tree", "-l", "-z", "--full-tree", sha, "--", path).stdout
+    git = _repository(repo)
+    sha = _resolve_commit(git, commit)
+    listing = git.ls_tree(sha, path, options=["-l"])
     entry = next((e for e in listing.split(b"\0") if e.endswith(b"\t" + path.encode())), None)
     if entry is None:
         return None
@@ -81,7 +63,7 @@ def read_file_at(
             f"{path} at {commit[:12]} is {format_size(int(size))}, more than the "
             f"{format_size(max_bytes)} secd reads; keep it short"
         )
-    return _git(repo, "cat-file", "blob", blob.decode()).stdout
+    return git.cat_file("blob", blob.decode())
 
 
 def _filter(skipped: list[str]):
@@ -108,34 +90,21 @@ def _remove(path: Path) -> None:
 
 def export_source(repo: Path, commit: str, dest: Path) -> Path:
     """Write the tree of `commit` into `dest`, replacing an earlier attempt; returns `dest`."""
-    sha = _resolve_commit(repo, commit)
+    git = _repository(repo)
+    sha = _resolve_commit(git, commit)
     dest = Path(dest)
     staging = dest.with_name(dest.name + ".tmp")
     _remove(staging)
     staging.mkdir(parents=True)
     skipped: list[str] = []
-    if not _git(repo, "ls-tree", "--name-only", sha).stdout:
+    if not git.ls_tree(sha, options=["--name-only"]):
         # An empty tree: git archive writes only a pax header, which tarfile cannot read.
         return _replace(staging, dest)
-    proc = subprocess.Popen(
-        ["git", "--git-dir", str(repo), "archive", "--format=tar", sha],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_git_env(),
-    )
     try:
-        assert proc.stdout is not None
         # Streamed ("r|"): the archive never sits whole in memory or on disk.
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
+        with git.archive(sha) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
             archive.extractall(staging, filter=_filter(skipped))  # noqa: S202 (data filter)
-        _, stderr = proc.communicate()
-        if proc.returncode != 0:
-            detail = " ".join(stderr.decode("utf-8", "replace").split())
-            raise SourceError(f"git archive failed for {commit}: {detail}")
     except BaseException as exc:
-        proc.kill()
-        proc.wait()
         _remove(staging)
         if isinstance(exc, tarfile.TarError):
             raise SourceError(f"cannot extract {commit}: {exc}") from None
