@@ -1,8 +1,9 @@
 """The forge as the publisher sees it: results go back as a branch, progress as a commit status.
 
-Two adapters, one contract (tests/forge): the embedded forge (branches written straight into the
-bare repository, statuses kept as git notes under refs/notes/secd) and GitLab
-(secd_publisher.gitlab_forge: `git push` of the branch, GitLab's commit statuses).
+The port (ResultsForge, CommitStatus, ForgeUnavailable) lives in secd_publisher.forge_port and
+is listed here too. Two adapters, one contract (tests/forge): the embedded forge (branches
+written straight into the bare repository, statuses kept as git notes under refs/notes/secd)
+and GitLab (secd_publisher.gitlab_forge: `git push` of the branch, GitLab's commit statuses).
 """
 
 from __future__ import annotations
@@ -11,18 +12,16 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge import repository_path
-from secd_shared.safepath import Beneath
+from secd_shared.git import Repository
 
 from .branch import PublishError, publish_branch
+from .forge_port import STATES, CommitStatus, ForgeUnavailable, ResultsForge
 
 __all__ = [
     "STATES",
@@ -33,48 +32,7 @@ __all__ = [
     "make_results_forge",
 ]
 
-# The states a commit status moves through, as GitLab names them.
-STATES = ("pending", "running", "success", "failed")
 NOTES_REF = "refs/notes/secd"
-
-
-class ForgeUnavailable(Exception):
-    """The forge cannot be reached or refused for now: retry later."""
-
-
-@dataclass(frozen=True)
-class CommitStatus:
-    """A run's progress as the forge shows it on the pushed commit: a state and one line."""
-
-    state: str
-    description: str
-
-
-class ResultsForge(Protocol):
-    """Where the publisher writes results and commit statuses."""
-
-    forge: str
-
-    def publish(
-        self,
-        push: PushReceived,
-        branch: str,
-        files: dict[str, Path | Beneath | bytes],
-        message: str,
-        author: tuple[str, str],
-    ) -> str:
-        """Create branch `branch` on top of the pushed head; returns its commit. Safe to repeat:
-        a branch that already exists is returned as it is. Raises PublishError, ForgeUnavailable."""
-        ...
-
-    def set_status(self, push: PushReceived, status: CommitStatus) -> None:
-        """Set the pushed head's status. Repeating a state is not an error (the forge may keep
-        the first description, as GitLab does). Raises ForgeUnavailable."""
-        ...
-
-    def status_of(self, push: PushReceived) -> CommitStatus | None:
-        """The pushed head's current status, or None if it has none."""
-        ...
 
 
 class EmbeddedResults:
@@ -97,50 +55,18 @@ class EmbeddedResults:
         repo = repository_path(self.root, push.repository)
         text = json.dumps({"state": status.state, "description": status.description})
         with _locked(repo):
-            self._git(
-                repo,
-                "notes",
-                "--ref",
-                NOTES_REF,
-                "add",
-                "-f",
-                "-F",
-                "-",
-                push.after,
-                input=text.encode() + b"\n",
+            Repository(repo, error=PublishError).add_note(
+                NOTES_REF, push.after, text + "\n", identity=self.author
             )
 
     def status_of(self, push: PushReceived) -> CommitStatus | None:
         """The note on the pushed head, if any."""
         repo = repository_path(self.root, push.repository)
-        done = self._git(repo, "notes", "--ref", NOTES_REF, "show", push.after, check=False)
-        if done.returncode != 0:
+        note = Repository(repo, error=PublishError).note(NOTES_REF, push.after)
+        if note is None:
             return None
-        data = json.loads(done.stdout)
+        data = json.loads(note)
         return CommitStatus(state=data["state"], description=data["description"])
-
-    def _git(
-        self, repo: Path, *args: str, input: bytes | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[bytes]:
-        name, email = self.author
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        env.update(
-            GIT_AUTHOR_NAME=name,
-            GIT_AUTHOR_EMAIL=email,
-            GIT_COMMITTER_NAME=name,
-            GIT_COMMITTER_EMAIL=email,
-        )
-        done = subprocess.run(
-            ["git", "--git-dir", str(repo), "-c", "core.hooksPath=/dev/null", *args],
-            input=input,
-            capture_output=True,
-            env=env,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            detail = " ".join(done.stderr.decode("utf-8", "replace").split())
-            raise PublishError(f"git {args[0]} failed in {repo}: {detail}")
-        return done
 
 
 @contextlib.contextmanager

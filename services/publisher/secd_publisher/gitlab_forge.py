@@ -15,12 +15,13 @@ import gitlab
 import gitlab.exceptions
 import requests
 
-from secd_shared.config import Config, read_secret
+from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge_git import ForgeGitError, GitMirrors
+from secd_shared.gitlab_client import gitlab_client, gitlab_token
 
 from .branch import publish_branch
-from .forge import CommitStatus, ForgeUnavailable
+from .forge_port import CommitStatus, ForgeUnavailable
 
 __all__ = ["GitLabResults"]
 
@@ -44,18 +45,11 @@ class GitLabResults:
     def from_config(cls, config: Config) -> GitLabResults:
         """The adapter for forge.gitlab, mirrors under <state_dir>/publisher/mirrors."""
         settings = config.forge.gitlab
-        token = read_secret(config, "forge.gitlab.token", settings.token, settings.token_file)
-        client = gitlab.Gitlab(
-            settings.url,
-            private_token=token,
-            timeout=settings.timeout_s,
-            retry_transient_errors=True,
-            keep_base_url=True,
-        )
+        client = gitlab_client(config, service="publisher")
         mirrors = GitMirrors(
             config.path("publisher/mirrors"),
             settings.url,
-            token,
+            gitlab_token(config),
             skip_prefix=config.forge.results_prefix,
         )
         return cls(client, mirrors, settings.status_name)

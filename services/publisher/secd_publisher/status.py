@@ -28,7 +28,7 @@ from secd_shared.pushes import UnknownPusher, researcher_of
 from secd_shared.runs import fold_run
 from secd_shared.worker import TransientError
 
-from .forge import CommitStatus, ForgeUnavailable, ResultsForge
+from .forge_port import CommitStatus, ForgeUnavailable, ResultsForge
 
 __all__ = ["StatusReporter", "status_for"]
 
