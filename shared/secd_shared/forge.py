@@ -3,12 +3,12 @@ that tells the gateway about every pushed ref."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
+
+from secd_shared.git import Repository
 
 __all__ = [
     "ForgeError",
@@ -53,32 +53,6 @@ def repository_path(root: Path, name: str) -> Path:
     return path
 
 
-def _plumbing_env() -> dict[str, str]:
-    """git reads only the repository named on its command line: no inherited GIT_* variable
-    (GIT_DIR, GIT_OBJECT_DIRECTORY...), no system or user config, no replace refs."""
-    env = {name: os.environ[name] for name in ("PATH", "TMPDIR") if name in os.environ}
-    env.update(
-        HOME=os.devnull,
-        LC_ALL="C",
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull,
-        GIT_NO_REPLACE_OBJECTS="1",
-        GIT_TERMINAL_PROMPT="0",
-    )
-    return env
-
-
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["git", "--git-dir", str(repo), "-c", f"core.hooksPath={os.devnull}", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=_plumbing_env(),
-        timeout=30,
-        check=False,
-    )
-
-
 def check_pushed_commit(root: Path, name: str, commit: str) -> Path:
     """The bare repository `name` made by secd under `root`, once `commit` is known to be a
     commit in it; raises ForgeError saying which of the two is not so."""
@@ -88,16 +62,16 @@ def check_pushed_commit(root: Path, name: str, commit: str) -> Path:
         made_by_secd = hook.is_file() and _HOOK_MODULE in hook.read_text(errors="replace")
     except OSError:
         made_by_secd = False
-    bare = _git(path, "rev-parse", "--is-bare-repository")
-    if not made_by_secd or bare.returncode != 0 or bare.stdout.strip() != b"true":
+    git = Repository(path, timeout_s=30, error=ForgeError)
+    bare = git.run("rev-parse", "--is-bare-repository", check=False) if made_by_secd else None
+    if bare is None or bare.returncode != 0 or bare.stdout.strip() != b"true":
         raise ForgeError(
             f"repository {name!r} was not made by secd (a bare repository with secd's hook); "
             "create it with `secd repo create`"
         )
     if not isinstance(commit, str) or not _SHA.fullmatch(commit):
         raise ForgeError(f"{commit!r} is not a 40-character lowercase hex commit id")
-    kind = _git(path, "cat-file", "-t", commit)
-    if kind.returncode != 0 or kind.stdout.strip() != b"commit":
+    if git.object_type(commit) != "commit":
         raise ForgeError(f"commit {commit[:12]} is not in repository {name!r}")
     return path
 
@@ -112,11 +86,7 @@ def create_repository(root: Path, name: str, *, gateway_url: str, token_file: Pa
     """Create a bare repository whose post-receive hook posts to the gateway; returns its path."""
     validate_repository_name(name)
     path = root / f"{name}.git"
-    if not (path / "HEAD").is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["git", "init", "--quiet", "--bare", "--initial-branch=main", str(path)], check=True
-        )
+    Repository.init_bare(path, initial_branch="main", error=ForgeError)
     hook = path / "hooks" / "post-receive"
     hook.write_text(
         _HOOK.format(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from secd_verifier import commits
+import secd_shared.git as door
 from secd_verifier.commits import ZERO, GitError, commits_to_verify, read_commit
 
 from .conftest import Repo
@@ -101,7 +101,7 @@ def test_a_large_verified_set_goes_through_stdin(repo: Repo, monkeypatch):
         argv_sizes.append(sum(len(a) for a in args))
         return real_run(args, *rest, **kwargs)
 
-    monkeypatch.setattr(commits.subprocess, "run", spy)
+    monkeypatch.setattr(door.subprocess, "run", spy)
     assert commits_to_verify(repo.path, c2, c3, [*fake, c1, c2]) == [c3]
     assert max(argv_sizes) < 1000
 

@@ -2,52 +2,37 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+
+from secd_shared.git import Repository
 
 __all__ = ["ZERO", "GitError", "commits_to_verify", "read_commit"]
 
 ZERO = "0" * 40
 _SHA = re.compile(r"[0-9a-f]{40}")
 
-# Replace refs can be pushed, and would make `git cat-file` show other bytes than the ones the
-# commit id names; the verifier must read exactly the objects the push contains.
-_GIT_ENV = {**os.environ, "GIT_NO_REPLACE_OBJECTS": "1", "LC_ALL": "C"}
-
 
 class GitError(RuntimeError):
     """`git` failed on the repository for a reason that is not the push's fault."""
 
 
-def _git(repo: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args],
-        input=stdin,
-        capture_output=True,
-        env=_GIT_ENV,
-        check=False,
-    )
+def _repository(repo: Path) -> Repository:
+    # The door reads exactly the objects the push contains: replace refs, which can be pushed
+    # and would make `git cat-file` show other bytes than the ones a commit id names, are off.
+    return Repository(repo, error=GitError)
 
 
-def _checked(repo: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    done = _git(repo, *args, stdin=stdin)
-    if done.returncode != 0:
-        err = done.stderr.decode(errors="replace").strip()
-        raise GitError(f"git {args[0]} failed in {repo}: {err}")
-    return done.stdout
-
-
-def _require_commit(repo: Path, sha: str) -> str:
+def _require_commit(git: Repository, sha: str) -> str:
     """The sha, lowercased, once it is known to name a commit of the repository."""
     if not isinstance(sha, str) or not _SHA.fullmatch(sha.lower()):
         raise ValueError(f"push names {sha!r}, which is not a 40-hex commit id")
     sha = sha.lower()
-    done = _git(repo, "cat-file", "-t", sha)
+    repo = git.path
+    done = git.run("cat-file", "-t", "--end-of-options", sha, check=False)
     if done.returncode != 0:
-        if b"not a git repository" in done.stderr or b"cannot change to" in done.stderr:
+        if b"not a git repository" in done.stderr:
             raise GitError(f"{repo} is not a git repository")
         raise ValueError(f"push names commit {sha[:7]}, which is not in repository {repo}")
     kind = done.stdout.decode().strip()
@@ -58,30 +43,30 @@ def _require_commit(repo: Path, sha: str) -> str:
     return sha
 
 
-def _rev_list(repo: Path, tip: str, exclude: Iterable[str]) -> list[str]:
+def _rev_list(git: Repository, tip: str, exclude: Iterable[str]) -> list[str]:
     lines = []
     for sha in exclude:
         # rev-list --stdin reads options too: only a bare object id may reach it.
         if not isinstance(sha, str) or not _SHA.fullmatch(sha.lower()):
             raise ValueError(f"not a 40-hex commit id in the exclusions: {sha!r}")
         lines.append(f"^{sha.lower()}\n")
-    out = _checked(
-        repo,
+    out = git.output(
         "rev-list",
         "--topo-order",
         "--reverse",
         "--ignore-missing",
         "--stdin",
+        "--end-of-options",
         tip,
-        stdin="".join(lines).encode(),
+        input="".join(lines).encode(),
     )
-    return out.decode().split()
+    return out.split()
 
 
-def _other_branch_heads(repo: Path, ref: str) -> list[str]:
-    out = _checked(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+def _other_branch_heads(git: Repository, ref: str) -> list[str]:
+    out = git.output("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
     heads = []
-    for line in out.decode().splitlines():
+    for line in out.splitlines():
         sha, _, name = line.partition(" ")
         if name != ref:
             heads.append(sha)
@@ -107,18 +92,18 @@ def commits_to_verify(
     Deleting a branch (after == ZERO) has nothing to verify. Ids unknown to the repository in
     `already_verified` are ignored; a bad `before` or `after` raises ValueError.
     """
-    repo = Path(repo)
     if isinstance(after, str) and after == ZERO:
         return []
-    after = _require_commit(repo, after)
+    git = _repository(Path(repo))
+    after = _require_commit(git, after)
     if before != ZERO:
-        before = _require_commit(repo, before)
+        before = _require_commit(git, before)
 
-    unverified = _rev_list(repo, after, already_verified)
+    unverified = _rev_list(git, after, already_verified)
     if before != ZERO:
-        pushed = _rev_list(repo, after, [before])
+        pushed = _rev_list(git, after, [before])
     else:
-        pushed = _rev_list(repo, after, _other_branch_heads(repo, ref) if ref else [])
+        pushed = _rev_list(git, after, _other_branch_heads(git, ref) if ref else [])
     # Oldest first across both lists: a commit only in `unverified` is reachable from `before`,
     # so none of its ancestors is in `pushed`, and putting those first keeps parents first.
     in_pushed = set(pushed)
@@ -127,8 +112,9 @@ def commits_to_verify(
 
 def read_commit(repo: Path, sha: str) -> tuple[bytes, str | None]:
     """(signed payload, armored signature or None) from `git cat-file commit`: the payload is the raw commit with the gpgsig header and its continuation lines removed; the signature is the header's value with the one leading space of each continuation line removed."""  # noqa: E501
-    sha = _require_commit(Path(repo), sha)
-    raw = _checked(Path(repo), "cat-file", "commit", sha)
+    git = _repository(Path(repo))
+    sha = _require_commit(git, sha)
+    raw = git.cat_file("commit", sha)
     header, sep, message = raw.partition(b"\n\n")
     payload: list[bytes] = []
     signatures: list[list[bytes]] = []
