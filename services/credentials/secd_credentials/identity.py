@@ -1,5 +1,7 @@
-"""The identity port (researcher -> groups) and its embedded adapter: a TOML file the operator
-edits. The production adapter is Keycloak (keycloak.py); both pass tests/forge's contract.
+"""Identities (researcher -> groups): the factory and the embedded adapter, a TOML file the
+operator edits. The production adapter is Keycloak (keycloak.py); both pass tests/forge's
+contract. The port (Identity, IdentityError, NoIdentity) lives in identity_port.py and is
+listed here too.
 
 [researchers]
 alice = ["postgres-patients-read"]
@@ -9,28 +11,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+
+from .identity_port import Identity, IdentityError, NoIdentity
 
 if TYPE_CHECKING:
     from secd_shared.config import Config
 
 __all__ = ["FileIdentity", "Identity", "IdentityError", "NoIdentity", "make_identity"]
-
-
-class IdentityError(Exception):
-    """The identity source cannot answer now (file missing or malformed, server down): retry."""
-
-
-class NoIdentity(IdentityError):
-    """The researcher has no identity or no groups there: the run fails with this reason."""
-
-
-class Identity(Protocol):
-    """Where a researcher's groups come from."""
-
-    def groups_of(self, researcher: str) -> list[str]:
-        """The researcher's group names; NoIdentity if they have none, IdentityError if unsure."""
-        ...
 
 
 class FileIdentity:

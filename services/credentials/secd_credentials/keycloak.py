@@ -22,8 +22,9 @@ from keycloak import KeycloakAdmin
 from keycloak.exceptions import KeycloakError, KeycloakGetError
 
 from secd_shared.config import Config, KeycloakConfig, read_secret
+from secd_shared.gitlab_client import gitlab_client
 
-from .identity import IdentityError, NoIdentity
+from .identity_port import IdentityError, NoIdentity
 
 __all__ = ["KeycloakIdentity"]
 
@@ -56,21 +57,13 @@ class KeycloakIdentity:
     def from_config(cls, config: Config) -> KeycloakIdentity:
         """The adapter for identity.keycloak, with forge.gitlab's API token."""
         settings = config.identity.keycloak
-        gl = config.forge.gitlab
-        token = read_secret(config, "forge.gitlab.token", gl.token, gl.token_file)
         secret = read_secret(
             config,
             "identity.keycloak.client_secret",
             settings.client_secret,
             settings.client_secret_file,
         )
-        client = gitlab.Gitlab(
-            gl.url,
-            private_token=token,
-            timeout=gl.timeout_s,
-            keep_base_url=True,
-            retry_transient_errors=True,
-        )
+        client = gitlab_client(config, service="credentials")
         admin = KeycloakAdmin(
             server_url=settings.url.rstrip("/") + "/",
             realm_name=settings.realm,

@@ -19,35 +19,22 @@ import gitlab
 import gitlab.exceptions
 import requests
 
-from secd_shared.config import Config, read_secret
+from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge_git import ForgeGitError, GitMirrors
+from secd_shared.gitlab_client import gitlab_client, gitlab_token
 from secd_shared.pushes import researcher_of
 
 from .commits import ZERO
-from .forge import ForgeUnavailable
+from .forge_port import ForgeUnavailable
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import pgpy
 
-__all__ = ["GitLabKeys", "GitLabSource", "gitlab_client"]
+__all__ = ["GitLabKeys", "GitLabSource"]
 
 log = logging.getLogger("secd.verifier.gitlab")
-
-
-def gitlab_client(config: Config) -> gitlab.Gitlab:
-    """A python-gitlab client for forge.gitlab (its token read from the environment or file)."""
-    settings = config.forge.gitlab
-    token = read_secret(config, "forge.gitlab.token", settings.token, settings.token_file)
-    return gitlab.Gitlab(
-        settings.url,
-        private_token=token,
-        timeout=settings.timeout_s,
-        retry_transient_errors=True,
-        # Follow-up pages use our URL, not one the server builds (a proxy may rewrite it).
-        keep_base_url=True,
-    )
 
 
 def _unavailable(what: str, exc: Exception) -> ForgeUnavailable:
@@ -113,15 +100,13 @@ class GitLabSource:
     @classmethod
     def from_config(cls, config: Config) -> GitLabSource:
         """The adapter for forge.gitlab, mirrors under <state_dir>/verifier/mirrors."""
-        settings = config.forge.gitlab
-        token = read_secret(config, "forge.gitlab.token", settings.token, settings.token_file)
         mirrors = GitMirrors(
             config.path("verifier/mirrors"),
-            settings.url,
-            token,
+            config.forge.gitlab.url,
+            gitlab_token(config),
             skip_prefix=config.forge.results_prefix,
         )
-        return cls(gitlab_client(config), mirrors)
+        return cls(gitlab_client(config, service="verifier"), mirrors)
 
     def researcher_of(self, push: PushReceived) -> str:
         """The GitLab username, as the researcher's name (GitLab usernames ignore case)."""

@@ -1,0 +1,29 @@
+"""The identity port: where a researcher's groups come from, and how a source says it cannot
+answer.
+
+Its adapters (secd_credentials.identity.FileIdentity, secd_credentials.keycloak.KeycloakIdentity)
+import this module only, so the factory (secd_credentials.identity.make_identity) can import them
+without a cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["Identity", "IdentityError", "NoIdentity"]
+
+
+class IdentityError(Exception):
+    """The identity source cannot answer now (file missing or malformed, server down): retry."""
+
+
+class NoIdentity(IdentityError):
+    """The researcher has no identity or no groups there: the run fails with this reason."""
+
+
+class Identity(Protocol):
+    """Where a researcher's groups come from."""
+
+    def groups_of(self, researcher: str) -> list[str]:
+        """The researcher's group names; NoIdentity if they have none, IdentityError if unsure."""
+        ...
