@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Struct
 
+from secd_shared.dbkind import DB_KINDS, facts
 from secd_shared.limits import LIMIT_NAMES, LimitsConfig
 
 __all__ = [
@@ -227,6 +228,7 @@ class BuilderConfig(_Section):
 class DatabaseConfig(_Section):
     """One sensitive database that runs can be granted tables of."""
 
+    # A DbKind (secd_shared.dbkind); read as text so that a wrong one is named with its database.
     kind: str
     database: str
     host: str | None = "127.0.0.1"
@@ -484,10 +486,10 @@ def _check(config: Config) -> None:
     _check_limits(config)
     _check_forge_and_identity(config)
     for name, db in config.credentials.databases.items():
-        if db.kind not in ("postgres", "mysql", "neo4j"):
+        if db.kind not in DB_KINDS:
             raise ConfigError(
                 f"credentials.databases.{name}.kind: {db.kind!r} is not supported; "
-                "use 'postgres', 'mysql' or 'neo4j'"
+                f"use {', '.join(map(repr, DB_KINDS[:-1]))} or {DB_KINDS[-1]!r}"
             )
         _check_neo4j(name, db)
     if not 0 < config.gateway.port < 65536:
@@ -496,7 +498,7 @@ def _check(config: Config) -> None:
         raise ConfigError(f"log_level: {config.log_level!r}; use DEBUG, INFO, WARNING or ERROR")
 
 
-_NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+_NEO4J_SCHEMES = facts("neo4j").uri_schemes
 _NEO4J_DATABASE = re.compile(r"[A-Za-z][A-Za-z0-9.\-]{2,62}")
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
+from secd_shared.dbkind import DbKind
 from secd_shared.limits import RequestedLimits
 
 __all__ = [
@@ -84,7 +85,7 @@ class RunPlan(Struct, frozen=True, kw_only=True):
 class DatabaseAddress(Struct, frozen=True, kw_only=True):
     """Where the run's database is; the executor routes the sandbox to it."""
 
-    kind: str
+    kind: DbKind
     database: str
     host: str | None = None
     port: int | None = None
@@ -187,14 +188,14 @@ class CredentialsRevoked(Payload, tag="credentials.revoked"):
     """credentials: the run's account is locked, its sessions ended, and dropped."""
 
     account: str
-    backend: str
+    backend: DbKind
 
 
 class CredentialsRevokeFailed(Payload, tag="credentials.revoke_failed"):
     """credentials: revoking the run's account failed; it is retried until it succeeds."""
 
     account: str
-    backend: str
+    backend: DbKind
     reason: str
 
 

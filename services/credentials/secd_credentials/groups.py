@@ -10,6 +10,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from secd_shared.dbkind import GROUP_PREFIXES, DbKind
 from secd_shared.events import Refusal
 
 __all__ = [
@@ -23,14 +24,10 @@ __all__ = [
     "table_problem",
 ]
 
-# Backend names as they appear in group names, mapped to the backend kind that serves them.
-BACKENDS: dict[str, str] = {
-    "postgres": "postgres",
-    "mysql": "mysql",
-    "mariadb": "mysql",
-    # For neo4j the "table" of a group is a node label, checked by the same rules.
-    "neo4j": "neo4j",
-}
+# Backend names as they appear in group names, mapped to the kind that serves them
+# ("mariadb" -> "mysql"). For neo4j the "table" of a group is a node label, checked by the same
+# rules.
+BACKENDS: dict[str, DbKind] = GROUP_PREFIXES
 TABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_TABLE_LENGTH = 64
 NOT_A_GRANT_GROUP = "not a secd grant group (<backend>-<table>-read)"
@@ -43,11 +40,11 @@ class GroupGrant:
     """A valid grant group: read access to one table on one kind of backend."""
 
     group: str
-    backend: str
+    backend: DbKind
     table: str
 
 
-def canonical_backend(name: str) -> str:
+def canonical_backend(name: str) -> DbKind:
     """The backend kind for a backend name ("mariadb" -> "mysql"); ValueError if unknown."""
     try:
         return BACKENDS[name]

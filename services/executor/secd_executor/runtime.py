@@ -22,6 +22,7 @@ from typing import Protocol
 
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
+from secd_shared.dbkind import DbKind, default_port
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
 from secd_shared.limits import Limits, LimitsConfig, resolve_limits
 from secd_shared.sealing import load_private_key, unseal
@@ -32,7 +33,6 @@ __all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
 
 log = logging.getLogger("secd.executor")
 
-DB_PORTS = {"postgres": 5432, "mysql": 3306, "neo4j": 7687}
 DEFAULT_LIMITS = LimitsConfig().defaults()
 
 
@@ -45,7 +45,7 @@ class RunRequest:
     project: str
     command: list[str]
     database: str
-    db_kind: str
+    db_kind: DbKind
     db_port: int
     db_name: str
     db_user: str
@@ -143,7 +143,7 @@ class RuntimeExecutor:
             db_kind=address.kind,
             db_host=address.host,
             db_socket=address.socket,
-            db_port=address.port or DB_PORTS.get(address.kind, 0),
+            db_port=address.port or default_port(address.kind),
             db_name=address.database,
             db_user=issued.account,
             db_password=unseal(self.key, issued.sealed_password),
