@@ -37,11 +37,11 @@ from secd_credentials.backends import (
     BackendError,
     Neo4jBackend,
     Neo4jSettings,
+    backend_settings,
     make_backend,
 )
 from secd_credentials.backends import neo4j as nb
 from secd_credentials.groups import GroupGrant, grants_for, parse_group
-from secd_credentials.service import backend_settings
 from secd_shared.config import ConfigError, load_config
 from secd_shared.events import DatabaseAddress, Refusal, new_run_id
 

@@ -11,20 +11,15 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from secd_credentials.accounts import ACCOUNT_PREFIX, account_name, new_password
-from secd_credentials.backends import (
-    MariaDBSettings,
-    Neo4jSettings,
-    PostgresSettings,
-    make_backend,
-)
-from secd_credentials.backends.base import Backend
+from secd_credentials.backends import Backend, backend_for
 from secd_credentials.groups import grants_for
 from secd_credentials.identity import IdentityError, NoIdentity, make_identity
 from secd_shared.bus import EventBus, StoredEvent
-from secd_shared.config import Config, ConfigError, DatabaseConfig
+from secd_shared.config import Config, ConfigError
 from secd_shared.events import (
     TERMINAL_TYPES,
     BuildSucceeded,
@@ -45,7 +40,10 @@ log = logging.getLogger("secd.credentials")
 class Credentials:
     """Issues and revokes temporary accounts on the configured databases."""
 
-    def __init__(self, config: Config, bus: EventBus) -> None:
+    def __init__(
+        self, config: Config, bus: EventBus, *, backends: Mapping[str, Backend] | None = None
+    ) -> None:
+        """Backends for the configured databases, or the given ones (by database name)."""
         self.bus = bus
         self.settings = config.credentials
         # The groups file, or Keycloak through GitLab (identity.kind).
@@ -53,10 +51,11 @@ class Credentials:
         self.producer = producer_for("credentials")
         # An account with no credentials.issued this old cannot belong to a run in progress.
         self.orphan_after_s = config.builder.max_runfor_h * 3600 + config.builder.timeout_s
-        self.backends: dict[str, Backend] = {
-            name: make_backend(backend_settings(db))
-            for name, db in config.credentials.databases.items()
-        }
+        self.backends: dict[str, Backend] = (
+            dict(backends)
+            if backends is not None
+            else {name: backend_for(db) for name, db in config.credentials.databases.items()}
+        )
 
     async def on_built(self, stored: StoredEvent) -> list[CredentialsIssued]:
         """Issue the run's account, just before it runs."""
@@ -225,35 +224,6 @@ class Credentials:
         """Close every backend's admin connections."""
         for backend in self.backends.values():
             await backend.close()
-
-
-def backend_settings(db: DatabaseConfig) -> PostgresSettings | MariaDBSettings | Neo4jSettings:
-    """The backend settings for one configured database."""
-    if db.kind == "neo4j":
-        return Neo4jSettings(
-            uri=db.uri or "",
-            user=db.user or "neo4j",
-            password=db.password or "",
-            database=db.database,
-            accept_full_read=db.accept_full_read,
-        )
-    if db.kind == "postgres":
-        return PostgresSettings(
-            database=db.database,
-            host=db.host or "127.0.0.1",
-            port=db.port or 5432,
-            user=db.user or "postgres",
-            password=db.password,
-            socket_dir=db.socket_dir,
-        )
-    return MariaDBSettings(
-        database=db.database,
-        host=db.host or "127.0.0.1",
-        port=db.port or 3306,
-        user=db.user or "root",
-        password=db.password,
-        socket=db.socket,
-    )
 
 
 def _first(run: list[StoredEvent], event_type: str) -> StoredEvent | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from secd_shared.dbkind import DbKind
 from secd_shared.events import DatabaseAddress, Refusal
 
 from ..accounts import ACCOUNT_PATTERN
@@ -38,9 +39,13 @@ class BackendError(RuntimeError):
 
 @runtime_checkable
 class Backend(Protocol):
-    """A database that secd issues temporary read-only accounts on."""
+    """A database that secd issues temporary read-only accounts on: the credentials port.
 
-    kind: str
+    Adapters: PostgresBackend, MariaDBBackend, Neo4jBackend and MemoryBackend; one contract
+    suite (tests/contracts/test_backend_contract.py) holds each of them to the same behaviour.
+    """
+
+    kind: DbKind
 
     def address(self) -> DatabaseAddress:
         """Where jobs connect to reach this database."""

@@ -20,6 +20,7 @@ import aiomysql
 import msgspec
 import pymysql
 
+from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
 from ..accounts import ACCOUNT_PATTERN, mysql_native_hash
@@ -56,8 +57,8 @@ class MariaDBSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     database: str
     host: str = "127.0.0.1"
-    port: int = 3306
-    user: str = "root"
+    port: int = facts("mysql").default_port
+    user: str = facts("mysql").default_admin
     password: str | None = None
     socket: str | None = None
 
@@ -96,7 +97,7 @@ def _user(account: str) -> str:
 class MariaDBBackend:
     """Issues and revokes temporary MariaDB users with SELECT on tables of one database."""
 
-    kind = "mysql"
+    kind: DbKind = "mysql"
 
     def __init__(self, settings: MariaDBSettings, *, pool_size: int = 2) -> None:
         """Remember the settings; the admin pool opens on first use."""

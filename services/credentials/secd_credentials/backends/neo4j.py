@@ -24,6 +24,7 @@ import msgspec
 import neo4j
 import neo4j.exceptions
 
+from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
 from ..accounts import ACCOUNT_PATTERN, ACCOUNT_PREFIX
@@ -44,8 +45,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 7687
-URI_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+DEFAULT_PORT = facts("neo4j").default_port
+URI_SCHEMES = facts("neo4j").uri_schemes
 # Neo4j's own rule for database names (lower case is how it stores them; it compares ignoring case).
 DATABASE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9.\-]{2,62}")
 SYSTEM_DATABASE = "system"
@@ -99,7 +100,7 @@ class Neo4jSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """How secd reaches Neo4j as an administrator, and the database whose labels it grants."""
 
     uri: str
-    user: str = "neo4j"
+    user: str = facts("neo4j").default_admin
     password: str
     database: str = "neo4j"
     accept_full_read: bool = False
@@ -176,7 +177,7 @@ SessionFactory = Callable[[str], AbstractAsyncContextManager[Neo4jSession]]
 class Neo4jBackend:
     """Issues and revokes temporary Neo4j users that may read some node labels of one database."""
 
-    kind = "neo4j"
+    kind: DbKind = "neo4j"
 
     def __init__(
         self, settings: Neo4jSettings, *, session_factory: SessionFactory | None = None

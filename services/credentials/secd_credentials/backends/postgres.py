@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
+from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
 from ..accounts import ACCOUNT_PATTERN, scram_sha256_verifier
@@ -75,8 +76,8 @@ class PostgresSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     database: str
     host: str = "127.0.0.1"
-    port: int = 5432
-    user: str = "postgres"
+    port: int = facts("postgres").default_port
+    user: str = facts("postgres").default_admin
     password: str | None = None
     socket_dir: str | None = None
     # A job may hold a snapshot open between fetches, but not for so long that it blocks vacuum.
@@ -109,7 +110,7 @@ def _literal(text: str) -> str:
 class PostgresBackend:
     """Issues and revokes temporary PostgreSQL roles in one database."""
 
-    kind = "postgres"
+    kind: DbKind = "postgres"
 
     def __init__(self, settings: PostgresSettings, *, pool_size: int = 2) -> None:
         """Remember the settings; the admin pool opens on first use."""
