@@ -7,7 +7,11 @@ SECD_TEST_MYSQL_* variables; a server that cannot be reached skips its tests.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -68,6 +72,21 @@ async def pg_connect_as(account: str, password: str, database: str) -> asyncpg.C
     return await asyncpg.connect(
         host=PG_HOST, port=PG_PORT, user=account, password=password, database=database
     )
+
+
+def scram_matches(stored: str, password: str) -> bool:
+    """Whether PostgreSQL's stored SCRAM verifier `stored` was made from `password`.
+
+    A server that trusts TCP logins from 127.0.0.1 (as the test machines' servers may) lets any
+    password in, so a login proves nothing about it: this recomputes the verifier from its salt.
+    """
+    match = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", stored)
+    assert match is not None, "not a SCRAM verifier"
+    iterations, salt = int(match[1]), base64.b64decode(match[2])
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    return (base64.b64decode(match[3]), base64.b64decode(match[4])) == (stored_key, server_key)
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -9,7 +9,8 @@ PyPI), so two kinds of tests live in this file:
   the text. They show nothing about what a server does with it.
 - Server tests run only when SECD_TEST_NEO4J_URI (with SECD_TEST_NEO4J_USER and
   SECD_TEST_NEO4J_PASSWORD) names a server they may create users, roles and nodes on; they skip,
-  saying so, otherwise. They are the proof that the grants and the revocation really work.
+  saying so, otherwise. They are the proof that the grants and the revocation really work;
+  what every backend must do (tests/contracts/test_backend_contract.py) runs there too.
 """
 
 from __future__ import annotations
@@ -762,21 +763,6 @@ async def test_server_revoke_cuts_a_running_query(server: ServerEnv) -> None:
         assert not await user_exists(account)
         await backend.revoke(account)  # repeatable
     finally:
-        await backend.close()
-
-
-async def test_server_issue_again_resets_the_password(server: ServerEnv) -> None:
-    backend = Neo4jBackend(server_settings(accept_full_read=True))
-    account = server.new_account()
-    first, second = new_password(), new_password()
-    try:
-        await backend.issue(account, first, [server.patient], expires_at=expiry())
-        await backend.issue(account, second, [server.patient], expires_at=expiry())
-        assert await count_as(account, second, server.patient) == 3
-        with pytest.raises(neo4j.exceptions.AuthError):
-            await count_as(account, first, server.patient)
-    finally:
-        await backend.revoke(account)
         await backend.close()
 
 
