@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +20,7 @@ from secd_shared.events import (
     RunRejected,
 )
 
-__all__ = ["STAGES", "RunView", "fold_run", "fold_runs"]
+__all__ = ["STAGES", "RunView", "fold_event", "fold_run", "fold_runs"]
 
 # stage name -> (event that starts it, events that end it)
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -44,7 +45,8 @@ _STATUS = {
 }
 
 
-@dataclass
+# Slots: the gateway keeps a view of every run in memory (secd_gateway.projection).
+@dataclass(slots=True)
 class RunView:
     """What is known of a run: where it stands, its stage timings, and its outcome."""
 
@@ -102,27 +104,44 @@ class RunView:
 def fold_run(run_id: str, events: Iterable[Event]) -> RunView:
     """Fold one run's events, in log order, into its view."""
     view = RunView(run_id=run_id)
-    times: dict[str, datetime] = {}
     for event in events:
-        times.setdefault(event.type, event.time)
-        view.events.append((event.type, event.time))
-        view.created = view.created or event.time
-        view.updated = event.time
-        view.actor = event.actor
-        view.project = event.project
-        if event.type != "credentials.revoked" and not (
-            view.status == "published" and event.type in _STATUS
-        ):
-            view.status = _STATUS.get(event.type, view.status)
-        _apply(view, event.payload)
+        fold_event(view, event)
+    return view
+
+
+def fold_event(view: RunView, event: Event) -> None:
+    """Fold the run's next event (in log order) into its view, stage timings included.
+
+    fold_run is this, one event at a time: a view kept up to date event by event (the
+    gateway's, secd_gateway.projection) equals fold_run of the same events.
+    """
+    # Interned: a handful of type names, repeated in every run's view.
+    view.events.append((sys.intern(event.type), event.time))
+    view.created = view.created or event.time
+    view.updated = event.time
+    view.actor = event.actor
+    view.project = event.project
+    if event.type != "credentials.revoked" and not (
+        view.status == "published" and event.type in _STATUS
+    ):
+        view.status = _STATUS.get(event.type, view.status)
+    _apply(view, event.payload)
+    view.stages = _stages(view)
+
+
+def _stages(view: RunView) -> dict[str, float]:
+    times: dict[str, datetime] = {}
+    for type_, when in view.events:
+        times.setdefault(type_, when)
+    stages: dict[str, float] = {}
     for stage, (starts, ends) in STAGES.items():
         start = next((times[t] for t in starts if t in times), None)
         end = next((times[t] for t in ends if t in times), None)
         if start and end and end >= start:
-            view.stages[stage] = (end - start).total_seconds()
+            stages[stage] = (end - start).total_seconds()
     if view.created and view.updated:
-        view.stages["total"] = (view.updated - view.created).total_seconds()
-    return view
+        stages["total"] = (view.updated - view.created).total_seconds()
+    return stages
 
 
 def _apply(view: RunView, payload: object) -> None:
