@@ -50,9 +50,14 @@ def build_run(
     revoked: bool = True,
     expires_at: datetime | None = None,
     tables: tuple[str, ...] = ("patients",),
+    run_id: str | None = None,
 ) -> list[Stored]:
-    """One run's events, each chained to its cause by id and by the hash of its stored bytes."""
-    run_id = new_run_id() + secrets.token_hex(2)
+    """One run's events, each chained to its cause by id and by the hash of its stored bytes.
+
+    `run_id` defaults to new_run_id() with four more hex digits, which the gateway's read API
+    does not take: pass new_run_id() for runs read through it.
+    """
+    run_id = run_id or new_run_id() + secrets.token_hex(2)
     start = start or datetime.now(UTC)
     head = secrets.token_hex(20)
     out: list[Stored] = []

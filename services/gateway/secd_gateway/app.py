@@ -6,6 +6,7 @@ Anything malformed or unauthenticated gets a 4xx with a reason and leaves nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import re
@@ -14,16 +15,17 @@ from pathlib import Path
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from secd_gateway.body import read_body, require_json
+from secd_gateway.projection import ProjectionLoading, RunProjection
 from secd_gateway.push import check_ref, receive_push
 from secd_shared.bus import LOG_STREAM, EventBus, log_subject
 from secd_shared.config import Config
 from secd_shared.events import TERMINAL_TYPES, PushReceived
 from secd_shared.forge import ForgeError, check_pushed_commit, validate_repository_name
+from secd_shared.logscan import LogReadError
 from secd_shared.pushes import PushRegister, UnknownPusher, researcher_of
-from secd_shared.runs import fold_run, fold_runs
 from secd_shared.service import producer_for
 from secd_shared.tail import text_tail
 
@@ -74,11 +76,26 @@ def create_app(
     """The gateway's HTTP API, bound to a bus and the forge's shared token (or GitLab's secret).
 
     With `read_token`, the read API (runs, job logs) answers only requests that carry it.
+    The runs are read from the gateway's own view of the log (secd_gateway.projection), which
+    the app's lifespan starts and keeps up to date; without a lifespan (an in-process client),
+    the first request starts it.
     """
     producer = producer_for("gateway")
     limit = config.gateway.max_body_bytes
     register = PushRegister(bus)
     forge_root = config.path(config.forge.root)
+    projection = RunProjection(bus)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        follower = asyncio.create_task(projection.follow())
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await projection.close()
 
     def reader(request: Request) -> None:
         if read_token is None:
@@ -94,7 +111,8 @@ def create_app(
 
     readers = [Depends(reader)]
 
-    app = FastAPI(title="secd gateway", version=producer.version)
+    app = FastAPI(title="secd gateway", version=producer.version, lifespan=lifespan)
+    app.state.projection = projection
     if config.forge.kind == "gitlab":
         if not gitlab_secret:
             raise ValueError("forge.kind is gitlab: the gateway needs the hook's secret token")
@@ -144,30 +162,33 @@ def create_app(
         return await receive_push(bus, register, push, producer, actor=body.pusher)
 
     @app.get("/runs", dependencies=readers)
-    async def list_runs(limit: int = 50, researcher: str | None = None) -> dict:
-        """Recent runs, newest first, each folded from its events."""
-        events = [stored.event async for stored in bus.read()]
-        views = list(fold_runs(events).values())
-        if researcher:
-            views = [v for v in views if v.actor == researcher]
-        views.sort(key=lambda v: v.created or 0, reverse=True)
-        return {"runs": [v.as_dict() for v in views[: max(1, min(limit, 1000))]]}
+    async def list_runs(limit: int = 50, researcher: str | None = None) -> Response:
+        """Recent runs, newest first, each folded from its events (from the gateway's view)."""
+        try:
+            body = await projection.listing(max(1, min(limit, 1000)), researcher or None)
+        except ProjectionLoading as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "2"}) from None
+        except LogReadError as exc:
+            raise HTTPException(503, f"the event log cannot be read now: {exc}") from None
+        return Response(body, media_type="application/json")
 
     @app.get("/runs/{run_id}", dependencies=readers)
-    async def show_run(run_id: str) -> dict:
+    async def show_run(run_id: str) -> Response:
         """One run: its state, stage timings, outcome and events."""
         if not _RUN_ID.fullmatch(run_id):
             raise HTTPException(404, "no such run")
-        stored = await bus.read_run(run_id)
-        if not stored:
+        try:
+            view = await projection.view(run_id)
+        except LogReadError as exc:
+            raise HTTPException(503, f"the event log cannot be read now: {exc}") from None
+        if view is None:
             raise HTTPException(404, "no such run")
-        view = fold_run(run_id, [s.event for s in stored])
-        if not view.log_tail and any(s.event.type == "run.started" for s in stored):
+        if not view.log_tail and any(t == "run.started" for t, _ in view.events):
             # The job's output is not in the audit log: its tail comes from the job-log stream.
             last = await bus.last(log_subject(run_id), stream=LOG_STREAM)
             if last:
                 view.log_tail = text_tail(last)
-        return view.as_dict()
+        return Response(msgspec.json.encode(view.as_dict()), media_type="application/json")
 
     @app.get("/runs/{run_id}/logs", dependencies=readers)
     async def run_logs(run_id: str, follow: bool = False) -> StreamingResponse:
