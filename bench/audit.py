@@ -69,9 +69,11 @@ RESEARCHERS = [f"researcher{i:02d}" for i in range(50)]
 TABLES = ["patients", "visits", "labs", "prescriptions", "diagnoses", "billing"]
 
 
-def synthetic_run(rng: random.Random, start: datetime) -> list[tuple[str, bytes, str]]:
+def synthetic_run(
+    rng: random.Random, start: datetime, run_id: str | None = None
+) -> list[tuple[str, bytes, str]]:
     """One run's events as (subject, stored bytes, Nats-Msg-Id), chained by id and hash."""
-    run_id = new_run_id() + secrets.token_hex(3)
+    run_id = run_id or new_run_id() + secrets.token_hex(3)
     researcher = rng.choice(RESEARCHERS)
     project = f"{researcher}/{rng.choice(['diabetes', 'sepsis', 'readmission', 'imaging'])}"
     head, before = secrets.token_hex(20), secrets.token_hex(20)
