@@ -22,10 +22,16 @@ UNAUTHORIZED_HELP = (
 def _cmd_up(args: argparse.Namespace) -> int:
     from secd.stack import Stack
 
-    async def up() -> None:
-        stack = Stack(args.state_dir, quiet=False)
-        config = stack.prepare()
-        await stack.start()
+    async def up() -> int:
+        stack = Stack(args.state_dir, quiet=False, cluster=args.cluster)
+        try:
+            config = stack.prepare()
+            await stack.start()
+        except RuntimeError as exc:
+            # A state folder made otherwise (cluster, PostgreSQL), a process that did not start.
+            print(f"secd: {exc}", file=sys.stderr)
+            await stack.stop()
+            return 1
         print(f"secd is up (state in {stack.state_dir})")
         print(f"  gateway   {stack.gateway_url}")
         print(f"  nats      {stack.nats_url}")
@@ -41,9 +47,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         finally:
             print("stopping…")
             await stack.stop()
+        return 0
 
-    asyncio.run(up())
-    return 0
+    return asyncio.run(up())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -295,9 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser(
-        "up", help="start NATS, PostgreSQL and every service; Ctrl-C stops them"
-    ).set_defaults(func=_cmd_up)
+    up = sub.add_parser("up", help="start NATS, PostgreSQL and every service; Ctrl-C stops them")
+    up.add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        help="NATS as a JetStream cluster of N nodes (3), every stream on all of them; "
+        "chosen at the state folder's first start",
+    )
+    up.set_defaults(func=_cmd_up)
 
     demo = sub.add_parser(
         "demo", help="show the whole workflow: a signed push runs, an unsigned one is refused"

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["NatsServer", "free_port", "nats_binary", "start_nats", "write_nats_config"]
+__all__ = [
+    "ROUTE_USER",
+    "NatsServer",
+    "cluster_block",
+    "free_port",
+    "nats_binary",
+    "start_nats",
+    "write_nats_config",
+]
+
+# The user every node of a cluster presents on the others' route ports.
+ROUTE_USER = "route"
 
 
 def free_port() -> int:
@@ -37,17 +48,46 @@ def nats_binary() -> str:
     return binary
 
 
+def cluster_block(*, port: int, route_ports: list[int], route_password: str) -> dict:
+    """The cluster block of one node of a NATS cluster on this machine (127.0.0.1): its route
+    port, a route to every node (nats-server skips its own), and the route user's password.
+
+    Routes authenticate: without that, anything that reaches a route port joins the cluster
+    and can read and write every subject. The password is in the URLs, so the config is 0600.
+    """
+    return {
+        "name": "secd",
+        "listen": f"127.0.0.1:{port}",
+        "authorization": {"user": ROUTE_USER, "password": route_password},
+        "routes": [f"nats://{ROUTE_USER}:{route_password}@127.0.0.1:{p}" for p in route_ports],
+    }
+
+
 def write_nats_config(
-    conf: Path, *, port: int, store_dir: Path, passwords: dict[str, str] | None = None
+    conf: Path,
+    *,
+    port: int,
+    store_dir: Path,
+    passwords: dict[str, str] | None = None,
+    server_name: str | None = None,
+    cluster: dict | None = None,
 ) -> dict[str, str]:
-    """Write a config with every identity of secd (new passwords unless given); return them."""
+    """Write a config with every identity of secd (new passwords unless given); return them.
+
+    With `server_name` and `cluster` (see cluster_block) it is one node of a JetStream cluster.
+    """
     from secd_shared.identities import BOOTSTRAP_USER, IDENTITIES, nats_server_config
 
     passwords = passwords or {
         name: secrets.token_urlsafe(16) for name in [BOOTSTRAP_USER, *IDENTITIES]
     }
     text = nats_server_config(
-        host="127.0.0.1", port=port, store_dir=str(store_dir), passwords=passwords
+        host="127.0.0.1",
+        port=port,
+        store_dir=str(store_dir),
+        passwords=passwords,
+        server_name=server_name,
+        cluster=cluster,
     )
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

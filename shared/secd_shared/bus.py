@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +44,11 @@ log = logging.getLogger("secd.bus")
 # JetStream error code for "wrong last sequence": the subject already holds the event.
 _WRONG_LAST_SEQUENCE = 10071
 
+# How long a write waits for its stream to have a leader. A JetStream cluster whose node leading
+# the stream was killed answers nobody until it has elected another: 5 to 9 s with three nodes
+# on the development machine (the election timeout is random).
+LEADER_WAIT_S = 20.0
+
 
 @dataclass(frozen=True)
 class StoredEvent:
@@ -71,7 +77,8 @@ async def connect(config: NatsConfig, name: str) -> Client:
     while True:
         try:
             return await nats.connect(
-                config.url,
+                # A cluster's nodes, comma-separated (as the NATS tools take them).
+                [url.strip() for url in config.url.split(",")],
                 name=name,
                 user=config.user,
                 password=config.password,
@@ -111,7 +118,7 @@ class EventBus:
         }
         subject = subject_for(event.run_id, event.type)
         try:
-            ack = await self.js.publish(subject, data, headers=headers, timeout=timeout)
+            ack = await self.store(subject, data, headers=headers, timeout=timeout)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 log.info("%s already in the log; not written again", subject)
@@ -120,6 +127,31 @@ class EventBus:
         if ack.duplicate:
             log.info("%s already in the log (duplicate window); not written again", subject)
         return data
+
+    async def store(
+        self, subject: str, data: bytes, *, headers: dict[str, str], timeout: float = 5.0
+    ):
+        """Publish to a stream and return its PubAck, waiting up to LEADER_WAIT_S for the stream
+        to have a leader (then NoStreamResponseError), and sending once more after a timeout
+        (a write in flight to a leader that died; a refused subject also looks like one).
+
+        Sending again is safe because every write carries a Nats-Msg-Id and an expected last
+        subject sequence: a copy that was stored is not stored twice.
+        """
+        deadline = time.monotonic() + LEADER_WAIT_S
+        timed_out = False
+        while True:
+            try:
+                return await self.js.publish(subject, data, headers=headers, timeout=timeout)
+            except nats.js.errors.NoStreamResponseError:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("no leader for %s yet; trying again", subject)
+                await asyncio.sleep(0.2)
+            except nats.errors.TimeoutError:
+                if timed_out:
+                    raise
+                timed_out = True
 
     async def read(
         self,

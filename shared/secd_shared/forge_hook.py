@@ -53,7 +53,9 @@ def main(argv: list[str]) -> int:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            # The gateway answers once the push is in the log; a NATS cluster electing a new
+            # leader for it takes up to about 10 s (secd_shared.bus.LEADER_WAIT_S).
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
                 answer = json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             print(f"secd: the gateway refused {ref}: {exc.code} {_detail(exc.read())}")

@@ -123,9 +123,20 @@ def _permissions(name: str, identity: Identity, stream: str) -> dict:
 
 
 def nats_server_config(
-    *, host: str, port: int, store_dir: str, passwords: dict[str, str], stream: str = "SECD"
+    *,
+    host: str,
+    port: int,
+    store_dir: str,
+    passwords: dict[str, str],
+    stream: str = "SECD",
+    server_name: str | None = None,
+    cluster: dict | None = None,
 ) -> str:
-    """The nats-server config: JetStream on, one user per identity, the bootstrap user."""
+    """The nats-server config: JetStream on, one user per identity, the bootstrap user.
+
+    With `cluster` (nats-server's cluster block: name, listen, authorization, routes) it is one
+    node, `server_name`, of a JetStream cluster; every node has the same users.
+    """
     users = [
         {"user": BOOTSTRAP_USER, "password": passwords[BOOTSTRAP_USER]},
     ]
@@ -138,9 +149,14 @@ def nats_server_config(
             }
         )
     # The NATS config format accepts JSON syntax for values, which quotes every string safely.
-    return (
+    text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"jetstream {{ store_dir: {json.dumps(store_dir)} }}\n"
         f"authorization {{ users: {json.dumps(users, indent=2)} }}\n"
         "max_payload: 1048576\n"
     )
+    if cluster is not None:
+        if not server_name:
+            raise ValueError("a node of a NATS cluster needs a server_name")
+        text += f"server_name: {json.dumps(server_name)}\ncluster {json.dumps(cluster, indent=2)}\n"
+    return text

@@ -103,7 +103,9 @@ class PushRegister:
         """The run id on record for the push `key`: `run_id` when this call recorded it."""
         subject = push_subject(key)
         try:
-            await self.bus.js.publish(
+            # store() waits for a leader: in a cluster that lost a node, the bucket may have
+            # none for a few seconds, which looks like no bucket at all.
+            await self.bus.store(
                 subject,
                 run_id.encode(),
                 headers={"Nats-Expected-Last-Subject-Sequence": "0"},
@@ -112,8 +114,9 @@ class PushRegister:
             return run_id
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
             raise PushRegisterMissing(
-                f"the JetStream bucket {PUSH_BUCKET} does not exist; run the bootstrap "
-                "(`secd up`, or the deploy's bootstrap job) again to create it"
+                f"the JetStream bucket {PUSH_BUCKET} does not exist (or has had no leader for "
+                "seconds); run the bootstrap (`secd up`, or the deploy's bootstrap job) again "
+                "to create it"
             ) from None
         except nats.js.errors.APIError as exc:
             if exc.err_code not in _ALREADY_RECORDED:

@@ -41,11 +41,12 @@ __all__ = [
 DUPLICATE_WINDOW_S = 10 * 60
 
 
-def _protected(name: str, subjects: list[str]) -> StreamConfig:
+def _protected(name: str, subjects: list[str], replicas: int = 1) -> StreamConfig:
     """A stream that keeps everything and refuses deletes, purges and roll-ups."""
     return StreamConfig(
         name=name,
         subjects=subjects,
+        num_replicas=replicas,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -60,40 +61,41 @@ def _protected(name: str, subjects: list[str]) -> StreamConfig:
     )
 
 
-def stream_config(name: str = "SECD") -> StreamConfig:
-    """The audit log's stream configuration."""
-    return _protected(name, ["secd.run.>"])
+def stream_config(name: str = "SECD", *, replicas: int = 1) -> StreamConfig:
+    """The audit log's stream configuration (`replicas`: copies in a JetStream cluster)."""
+    return _protected(name, ["secd.run.>"], replicas)
 
 
-async def ensure_stream(js: JetStreamContext, name: str = "SECD") -> None:
+async def ensure_stream(js: JetStreamContext, name: str = "SECD", *, replicas: int = 1) -> None:
     """Create the log stream, the checkpoint stream and the push bucket if missing (existing
     ones are kept)."""
     try:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:
-        await js.add_stream(stream_config(name))
-    await ensure_checkpoint_stream(js)
-    await ensure_push_bucket(js)
+        await js.add_stream(stream_config(name, replicas=replicas))
+    await ensure_checkpoint_stream(js, replicas=replicas)
+    await ensure_push_bucket(js, replicas=replicas)
 
 
-def checkpoint_stream_config() -> StreamConfig:
+def checkpoint_stream_config(*, replicas: int = 1) -> StreamConfig:
     """The checkpoint stream: the log's signed running hashes, kept like the log itself."""
-    return _protected(CHECKPOINT_STREAM, ["secd.checkpoint.*"])
+    return _protected(CHECKPOINT_STREAM, ["secd.checkpoint.*"], replicas)
 
 
-async def ensure_checkpoint_stream(js: JetStreamContext) -> None:
+async def ensure_checkpoint_stream(js: JetStreamContext, *, replicas: int = 1) -> None:
     """Create the checkpoint stream if it does not exist."""
     try:
         await js.stream_info(CHECKPOINT_STREAM)
     except nats.js.errors.NotFoundError:
-        await js.add_stream(checkpoint_stream_config())
+        await js.add_stream(checkpoint_stream_config(replicas=replicas))
 
 
-def push_bucket_config() -> StreamConfig:
+def push_bucket_config(*, replicas: int = 1) -> StreamConfig:
     """The bucket SECD_PUSHES (push key -> run id): one record per key, written once, kept."""
     return StreamConfig(
         name=PUSH_STREAM,
         subjects=[f"$KV.{PUSH_BUCKET}.>"],
+        num_replicas=replicas,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_msgs=-1,
@@ -113,15 +115,17 @@ def push_bucket_config() -> StreamConfig:
     )
 
 
-async def ensure_push_bucket(js: JetStreamContext) -> None:
+async def ensure_push_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
     """Create the push bucket if it does not exist."""
     try:
         await js.stream_info(PUSH_STREAM)
     except nats.js.errors.NotFoundError:
-        await js.add_stream(push_bucket_config())
+        await js.add_stream(push_bucket_config(replicas=replicas))
 
 
-async def ensure_log_stream(js: JetStreamContext, *, max_age_days: float = 30) -> None:
+async def ensure_log_stream(
+    js: JetStreamContext, *, max_age_days: float = 30, replicas: int = 1
+) -> None:
     """The job-log stream: researcher output, so apart from the audit log and not kept forever."""
     try:
         await js.stream_info(LOG_STREAM)
@@ -135,6 +139,7 @@ async def ensure_log_stream(js: JetStreamContext, *, max_age_days: float = 30) -
                 max_age=max_age_days * 86400,
                 max_msg_size=256 * 1024,
                 allow_direct=True,
+                num_replicas=replicas,
             )
         )
 

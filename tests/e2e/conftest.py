@@ -57,11 +57,10 @@ def keys(tmp_path_factory):
     stop_agent(bob)
 
 
-@pytest.fixture(scope="module")
-async def stack(tmp_path_factory, keys):
+async def start_stack(root: Path, keys, **options) -> Stack:
+    """A started stack in `root`: alice's and bob's keys, alice's grant, two seeded tables."""
     alice, bob = keys
-    root = tmp_path_factory.mktemp("stack")
-    stack = Stack(root / "state", accounts={getpass.getuser(): "alice"}, ack_wait_s=3.0)
+    stack = Stack(root / "state", accounts={getpass.getuser(): "alice"}, ack_wait_s=3.0, **options)
     stack.prepare()
     for name, key in (("alice", alice), ("bob", bob)):
         (stack.state_dir / "keys" / name).mkdir(parents=True)
@@ -76,6 +75,12 @@ async def stack(tmp_path_factory, keys):
         "CREATE TABLE billing (id int);"
     )
     await conn.close()
+    return stack
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory, keys):
+    stack = await start_stack(tmp_path_factory.mktemp("stack"), keys)
     yield stack
     await stack.stop()
 
