@@ -73,8 +73,8 @@ def test_kustomization_lists_every_manifest_and_the_generated_nats_config() -> N
     }
     assert listed == present
     (generator,) = kustomization["configMapGenerator"]
-    assert generator["files"] == ["nats.conf=nats/nats.conf"]
-    assert (DEPLOY / "nats" / "nats.conf").is_file()
+    assert generator["files"] == ["nats.conf=nats/nats-cluster.conf"]
+    assert (DEPLOY / "nats" / "nats-cluster.conf").is_file()
     images = {i["name"] for i in kustomization["images"]}
     assert images == {f"secd/{s}" for s in SERVICES}
 
@@ -103,6 +103,51 @@ def test_every_service_is_a_deployment_scaled_by_its_replica_count() -> None:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         }
+
+
+def test_nats_is_a_cluster_of_three_with_routes_to_every_node_and_three_replicas() -> None:
+    tool = _render_tool()
+    (statefulset,) = _of("StatefulSet", "secd")
+    spec = statefulset["spec"]
+    assert spec["replicas"] == tool.CLUSTER_SIZE == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    services = {s["metadata"]["name"]: s["spec"] for s in _of("Service", "secd")}
+    headless = services[spec["serviceName"]]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert {p["port"] for p in headless["ports"]} == {6222}
+    assert {p["port"] for p in services["nats"]["ports"]} == {4222}
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SECD_NATS_SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    route_password = tool.password_variable(tool.ROUTE_USER)
+    assert env[route_password]["valueFrom"]["secretKeyRef"]["name"] == "secd-nats-passwords"
+    for n in range(1, spec["replicas"] + 1):
+        host = f"{statefulset['metadata']['name']}-{n - 1}.{spec['serviceName']}.secd.svc"
+        assert env[tool.route_variable(n)]["value"] == (
+            f"nats://route:$({route_password})@{host}.cluster.local:6222"
+        )
+    # The generated config names every variable the pod sets, and no password.
+    conf = (DEPLOY / "nats" / "nats-cluster.conf").read_text()
+    for name in env:
+        assert f"${name}" in conf, name
+    assert 'password": "' not in conf
+    # The bootstrap gives every stream a copy on each node; only the nodes reach the routes.
+    (job,) = _of("Job", "secd")
+    (bootstrap,) = job["spec"]["template"]["spec"]["containers"]
+    replicas = {e["name"]: e.get("value") for e in bootstrap["env"]}["SECD_STREAM_REPLICAS"]
+    assert int(replicas) == spec["replicas"]
+    assert "replicas=replicas" in bootstrap["command"][-1]
+    nats_pods = {"matchLabels": {"app.kubernetes.io/name": "nats"}}
+    routes = [
+        p
+        for p in _of("NetworkPolicy", "secd")
+        if 6222 in {port.get("port") for r in p["spec"].get("ingress", []) for port in r["ports"]}
+    ]
+    assert [p["metadata"]["name"] for p in routes] == ["nats-cluster-routes"]
+    assert routes[0]["spec"]["podSelector"] == nats_pods
+    assert routes[0]["spec"]["ingress"][0]["from"] == [{"podSelector": nats_pods}]
+    (budget,) = _of("PodDisruptionBudget", "secd")
+    assert budget["spec"]["maxUnavailable"] == 1
 
 
 def test_only_the_executor_and_builder_touch_jobs_and_only_in_their_namespaces() -> None:
