@@ -14,9 +14,13 @@ every POLL_S seconds, so each figure may be up to POLL_S (plus one read of the l
 warm-up run (it builds the environment) is not counted.
 Direct time of one run: `python main.py` (this interpreter) in the project's checkout, with
 OUTPUT_PATH set to a temporary directory, by subprocess. Both are medians of --runs runs; stages
-are medians of the durations fold_run derives from each run's event times. Last line:
+are medians of the durations fold_run derives from each run's event times. Then the same on a
+second stack whose NATS is a JetStream cluster of three nodes on this machine (`secd up
+--cluster 3`: every stream has three replicas, so every write waits for a second node). Last
+line:
 
     overhead_s=<median pipeline - median direct> ratio=<median pipeline / median direct> ...
+    cluster_overhead_s=<median pipeline on the cluster - median direct> cluster_vs_single=...
 """
 
 from __future__ import annotations
@@ -126,46 +130,55 @@ def _direct_run(work: Path, out_root: Path, n: int) -> float:
     return time.perf_counter() - started
 
 
+async def _pipeline(root: Path, runs: int, *, cluster: int | None = None):
+    """Start a stack in `root`, push a warm-up run and `runs` measured ones; return the
+    pipeline seconds, the stages of each, and the checkout (for the direct runs)."""
+    stack = Stack(root / "state", accounts={getpass.getuser(): RESEARCHER}, cluster=cluster)
+    stack.prepare()
+    started = time.perf_counter()
+    try:
+        await stack.start()
+        nodes = f", NATS cluster of {cluster}" if cluster else ""
+        print(f"stack started in {time.perf_counter() - started:.2f} s{nodes}")
+        await _seed_patients(stack)
+        work, env = _project(stack, root)
+        creds = stack.credentials_for("auditor")
+        bus = EventBus(
+            await connect(
+                NatsConfig(
+                    url=stack.nats_url,
+                    user=creds["SECD_NATS__USER"],
+                    password=creds["SECD_NATS__PASSWORD"],
+                ),
+                "auditor",
+            )
+        )
+        try:
+            warm, _ = await _pipeline_run(bus, work, env, 0)
+            print(f"warm-up (builds the environment): {warm:.3f} s")
+            pipeline, stages = [], []
+            for n in range(1, runs + 1):
+                elapsed, stage = await _pipeline_run(bus, work, env, n)
+                pipeline.append(elapsed)
+                stages.append(stage)
+                detail = " ".join(f"{k}={v:.3f}" for k, v in stage.items())
+                print(f"pipeline run {n}: {elapsed:.3f} s  ({detail})")
+        finally:
+            await bus.close()
+    finally:
+        await stack.stop()
+    return pipeline, stages, work
+
+
 async def bench(runs: int) -> str:
     """Run the benchmark, print what it measures, and return the final name=value line."""
     with tempfile.TemporaryDirectory(prefix="secd-bench-") as tmp:
         root = Path(tmp)
-        stack = Stack(root / "state", accounts={getpass.getuser(): RESEARCHER})
-        stack.prepare()
-        started = time.perf_counter()
-        try:
-            await stack.start()
-            print(f"stack started in {time.perf_counter() - started:.2f} s")
-            await _seed_patients(stack)
-            work, env = _project(stack, root)
-            creds = stack.credentials_for("auditor")
-            bus = EventBus(
-                await connect(
-                    NatsConfig(
-                        url=stack.nats_url,
-                        user=creds["SECD_NATS__USER"],
-                        password=creds["SECD_NATS__PASSWORD"],
-                    ),
-                    "auditor",
-                )
-            )
-            try:
-                warm, _ = await _pipeline_run(bus, work, env, 0)
-                print(f"warm-up (builds the environment): {warm:.3f} s")
-                pipeline, stages = [], []
-                for n in range(1, runs + 1):
-                    elapsed, stage = await _pipeline_run(bus, work, env, n)
-                    pipeline.append(elapsed)
-                    stages.append(stage)
-                    detail = " ".join(f"{k}={v:.3f}" for k, v in stage.items())
-                    print(f"pipeline run {n}: {elapsed:.3f} s  ({detail})")
-            finally:
-                await bus.close()
-            direct = [_direct_run(work, root, n) for n in range(1, runs + 1)]
-            for n, seconds in enumerate(direct, 1):
-                print(f"direct run {n}: {seconds:.3f} s")
-        finally:
-            await stack.stop()
+        pipeline, stages, work = await _pipeline(root / "single", runs)
+        direct = [_direct_run(work, root, n) for n in range(1, runs + 1)]
+        for n, seconds in enumerate(direct, 1):
+            print(f"direct run {n}: {seconds:.3f} s")
+        cluster, cluster_stages, _ = await _pipeline(root / "cluster", runs, cluster=3)
 
     pipeline_s, direct_s = statistics.median(pipeline), statistics.median(direct)
     print(
@@ -174,9 +187,16 @@ async def bench(runs: int) -> str:
     medians = {k: statistics.median(s.get(k, 0.0) for s in stages) for k in stages[0]}
     print("median stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()))
     print("  (push: git push to push.received; total: first to last event; seen: log to poll)")
+    cluster_s = statistics.median(cluster)
+    medians = {k: statistics.median(s.get(k, 0.0) for s in cluster_stages) for k in stages[0]}
+    print(f"median pipeline on the 3-node NATS cluster {cluster_s:.3f} s")
+    print("median stages there: " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()))
+    overhead_s, cluster_overhead_s = pipeline_s - direct_s, cluster_s - direct_s
     return (
-        f"overhead_s={pipeline_s - direct_s:.3f} ratio={pipeline_s / direct_s:.2f} "
-        f"pipeline_s={pipeline_s:.3f} direct_s={direct_s:.3f} runs={runs}"
+        f"overhead_s={overhead_s:.3f} ratio={pipeline_s / direct_s:.2f} "
+        f"pipeline_s={pipeline_s:.3f} direct_s={direct_s:.3f} runs={runs} "
+        f"cluster_overhead_s={cluster_overhead_s:.3f} "
+        f"cluster_vs_single={cluster_overhead_s / overhead_s:.2f}"
     )
 
 
