@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from secd.nats_server import free_port, start_nats, write_nats_config
+from secd_gateway import projection as projection_module
 from secd_gateway.app import create_app
 from secd_gateway.projection import ProjectionLoading, RunProjection
 from secd_shared.bus import EventBus, connect
@@ -230,6 +231,29 @@ async def test_a_gateway_still_reading_the_log_answers_a_run_from_the_log(
         await projection.close()
     finally:
         await bus.close()
+
+
+async def test_a_run_a_lagging_replica_has_not_got_yet_is_not_404(gateway, admin_bus, monkeypatch):
+    # On a JetStream cluster a follower may answer the direct get before it has the newest
+    # events. Here the first read after the write answers as such a follower would: nothing.
+    events = build_run(researcher="lagging")
+    run_id = events[0].event.run_id
+    await _write(admin_bus.js, events[:1])
+    real_scan, behind = projection_module.scan, [True]
+
+    async def lagging_scan(*args, **kwargs):
+        if behind.pop() if behind else False:
+            return
+        async for chunk in real_scan(*args, **kwargs):
+            yield chunk
+
+    monkeypatch.setattr(projection_module, "scan", lagging_scan)
+    shown = await gateway.get(f"/runs/{run_id}")
+    assert not behind, "the lagging read was not taken"
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["status"] == "received"
+    # A run that does not exist is still 404, once the leader's last sequence is reached.
+    assert (await gateway.get("/runs/r0000000000000000000")).status_code == 404
 
 
 async def test_the_served_gateway_folds_new_events_without_being_asked(

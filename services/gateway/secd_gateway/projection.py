@@ -8,10 +8,13 @@ nothing.
 
 Nothing lags: before answering, a request folds whatever the log holds beyond the last
 sequence the view has folded (one direct-get request; the server answers at once when there is
-nothing new), so every event stored before the request arrived is shown. The log's sequences
-are the view's only cursor; the projection needs no consumer, no bucket and no right the
-gateway did not already have (direct get on SECD), keeps no state on the server, and a
-reconnect or a NATS restart needs nothing from it.
+nothing new), so every event stored before the request arrived is shown. On a JetStream
+cluster a follower replica may answer that request a few milliseconds behind the leader; a run
+the view does not hold is therefore looked for again up to the leader's last sequence before
+the answer is "no such run". The log's sequences are the view's only cursor; the projection
+needs no consumer, no bucket and no right the gateway did not already have (direct get and
+stream info on SECD), keeps no state on the server, and a reconnect or a NATS restart needs
+nothing from it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import asyncio
 import bisect
 import contextlib
 import copy
+import json
 import logging
+import time
 from dataclasses import dataclass
 
 import msgspec
@@ -30,7 +35,7 @@ from secd_shared.events import EventDecodeError, decode_event
 from secd_shared.logscan import Record, scan
 from secd_shared.runs import RunView, fold_event, fold_run
 
-__all__ = ["FOLLOW_S", "LOAD_WAIT_S", "ProjectionLoading", "RunProjection"]
+__all__ = ["FOLLOW_S", "LEADER_WAIT_S", "LOAD_WAIT_S", "ProjectionLoading", "RunProjection"]
 
 log = logging.getLogger("secd.gateway")
 
@@ -41,6 +46,8 @@ LOAD_WAIT_S = 5.0
 FOLLOW_S = 1.0
 # How long one read of the log may wait for the server.
 _READ_WAIT_S = 5.0
+# How long a run the view lacks is looked for, up to the leader's last sequence.
+LEADER_WAIT_S = 1.0
 
 
 class ProjectionLoading(RuntimeError):
@@ -217,4 +224,26 @@ class RunProjection:
             return fold_run(run_id, events) if events else None
         await self.refresh()
         run = self._runs.get(run_id)
+        if run is None:
+            await self._reach_leader()
+            run = self._runs.get(run_id)
         return copy.copy(run.view) if run else None
+
+    async def _reach_leader(self) -> None:
+        """Fold up to the stream leader's last sequence, for at most LEADER_WAIT_S.
+
+        A direct get may be answered by any replica of a clustered stream, and a follower can
+        be a little behind the leader; the stream's info comes from the leader.
+        """
+        try:
+            reply = await self.bus.nc.request(
+                f"$JS.API.STREAM.INFO.{self.bus.stream}", b"", timeout=LEADER_WAIT_S
+            )
+            last = json.loads(reply.data)["state"]["last_seq"]
+        except Exception:
+            # No leader (a failover under way) or no answer: what the replicas said stands.
+            return
+        deadline = time.monotonic() + LEADER_WAIT_S
+        while self.seq < last and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            await self.refresh()
