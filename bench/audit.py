@@ -131,12 +131,12 @@ def synthetic_run(
     spec = RunSpec(runfor=rng.choice([0.5, 1.0, 3.0]), gpu=rng.choice([0, 0, 1]))
     plan = RunPlan(
         repository=project, ref="refs/heads/main", head=head, commits=commits,
-        environment=secrets.token_hex(32), env_path=f"/var/lib/secd/envs/{secrets.token_hex(8)}",
-        source_path=f"/var/lib/secd/work/{run_id}", spec=spec,
+        environment="sha256:" + secrets.token_hex(32), source="sha256:" + secrets.token_hex(32),
+        spec=spec,
     )  # fmt: skip
     built = emit(
         BuildSucceeded(
-            plan=plan, reused=rng.random() < 0.7, build_log="Installed 12 packages in 1.8s\n",
+            plan=plan, reused=rng.random() < 0.7, build_log="sha256:" + secrets.token_hex(32),
             build_s=round(rng.uniform(0.2, 40), 3),
         ),
         "builder", verified,
@@ -159,8 +159,7 @@ def synthetic_run(
             RunFailed(
                 stage="executor", reason="the job exited with status 1", exit_code=1,
                 log_tail="Traceback (most recent call last):\n  ...\nValueError: bad input\n",
-                output_path=f"/var/lib/secd/runs/{run_id}/output",
-                log_path=f"/var/lib/secd/runs/{run_id}/job.log",
+                outputs="sha256:" + secrets.token_hex(32), log="sha256:" + secrets.token_hex(32),
             ),
             "executor", issued,
         )  # fmt: skip
@@ -169,8 +168,7 @@ def synthetic_run(
         ended = emit(
             RunFinished(
                 exit_code=0, duration_s=round(rng.uniform(1, 3000), 3),
-                output_path=f"/var/lib/secd/runs/{run_id}/output",
-                log_path=f"/var/lib/secd/runs/{run_id}/job.log",
+                outputs="sha256:" + secrets.token_hex(32), log="sha256:" + secrets.token_hex(32),
             ),
             "executor", issued,
         )  # fmt: skip

@@ -155,9 +155,9 @@ async def _wait_for(stack: Stack, head: str, want: str, timeout: float = 300) ->
 async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
     """Run the demo; print what happened; 0 only if a run was published and a push rejected."""
     say = (lambda *_a, **_k: None) if as_json else print
-    # Keep the environments built by earlier demos (a rebuild needs the package index); start
-    # everything else afresh.
-    envs = state_dir / "envs"
+    # Keep the builder's folder, with the environments built by earlier demos (a rebuild needs
+    # the package index); start everything else afresh.
+    envs = state_dir / "builder"
     if state_dir.exists():
         for child in state_dir.iterdir():
             if child != envs:

@@ -35,6 +35,17 @@ SERVICES = (
 )
 
 
+_SERVICE_FOLDERS = {
+    "builder": {"envs_dir": "builder/envs", "work_dir": "builder/work"},
+    "executor": {
+        "runs_dir": "executor/runs",
+        "cache_root": "executor/cache",
+        "envs_dir": "executor/envs",
+    },
+    "publisher": {"work_dir": "publisher/work"},
+}
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -169,6 +180,12 @@ class Stack:
         if self.databases is not None:
             config["credentials"]["databases"] = self.databases
         config.setdefault("checkpointer", {"private_key_file": str(checkpoint_key)})
+        # Each service its own folder: builder, executor and publisher share none (what they
+        # hand each other goes through the artifact store, by digest).
+        for section, folders in _SERVICE_FOLDERS.items():
+            values = config.setdefault(section, {})
+            for key, folder in folders.items():
+                values.setdefault(key, folder)
         config["gateway"].setdefault("read_token_file", str(read_token_file))
         for section, values in self.extra_config.items():
             config.setdefault(section, {}).update(values)

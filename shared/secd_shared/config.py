@@ -23,6 +23,7 @@ from secd_shared.dbkind import DB_KINDS, facts
 from secd_shared.limits import LIMIT_NAMES, LimitsConfig
 
 __all__ = [
+    "ArtifactsConfig",
     "BuildKitConfig",
     "BuilderConfig",
     "CheckpointerConfig",
@@ -220,7 +221,8 @@ class BuilderConfig(_Section):
     max_runfor_h: float = 24.0
     # Installing from source runs the package's build code in the builder, outside the sandbox.
     allow_source_builds: bool = False
-    # "venv": a virtualenv on this machine; "buildkit": an image built in Kubernetes.
+    # "venv": a virtualenv on this machine; "buildkit": an image built in Kubernetes; "stub":
+    # nothing (with executor.kind = "stub").
     kind: str = "venv"
     buildkit: BuildKitConfig = msgspec.field(default_factory=BuildKitConfig)
 
@@ -261,6 +263,8 @@ class ExecutorConfig(_Section):
     private_key_file: str = "executor/key"
     runs_dir: str = "runs"
     cache_root: str = "cache"
+    # Run environments (virtualenvs the builder stored as artifacts), unpacked once per digest.
+    envs_dir: str = "environments"
     # Each run gets its own uid (and gid) from [uid_first, uid_first + uid_count): no two runs
     # share files, processes or the per-uid process limit. No host account may use the range.
     uid_first: int = 1_000_000
@@ -272,7 +276,8 @@ class ExecutorConfig(_Section):
     # name of secd's folder in each controller's hierarchy.
     cgroup_root: str = "secd"
     concurrency: int = 4
-    # "bwrap": a bubblewrap sandbox on this machine; "kubernetes": a Job per run.
+    # "bwrap": a bubblewrap sandbox on this machine; "kubernetes": a Job per run; "stub": runs
+    # nothing (each run finishes at once with exit code 0: for trying secd's flow out).
     kind: str = "bwrap"
     kubernetes: KubernetesRunConfig = msgspec.field(default_factory=KubernetesRunConfig)
 
@@ -282,6 +287,18 @@ class PublisherConfig(_Section):
 
     author_name: str = "secd"
     author_email: str = "secd@localhost"
+    # Where a run's outputs and log are fetched to while its branch is written (then removed).
+    work_dir: str = "publisher"
+
+
+class ArtifactsConfig(_Section):
+    """Where services hand each other sources, environments, outputs and logs, by digest."""
+
+    # "nats": the JetStream object store bucket SECD_ARTIFACTS (nothing shared between machines
+    # but the bus); "folder": files under `folder` (one machine, or a folder every service
+    # mounts).
+    kind: str = "nats"
+    folder: str = "artifacts"
 
 
 class CheckpointerConfig(_Section):
@@ -306,6 +323,7 @@ class Config(_Section):
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     publisher: PublisherConfig = msgspec.field(default_factory=PublisherConfig)
     checkpointer: CheckpointerConfig = msgspec.field(default_factory=CheckpointerConfig)
+    artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
     # What one run may use (memory, CPUs, processes, /tmp, disk): defaults and the site maximum.
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
 
@@ -392,11 +410,20 @@ _QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 def _check_kubernetes(config: Config) -> None:
     """The executor's and builder's Kubernetes sections, and that the two kinds fit together."""
     executor, builder = config.executor, config.builder
-    if executor.kind not in ("bwrap", "kubernetes"):
-        raise ConfigError(f"executor.kind: {executor.kind!r}; use 'bwrap' or 'kubernetes'")
-    if builder.kind not in ("venv", "buildkit"):
-        raise ConfigError(f"builder.kind: {builder.kind!r}; use 'venv' or 'buildkit'")
-    if (executor.kind == "kubernetes") != (builder.kind == "buildkit"):
+    if executor.kind not in ("bwrap", "kubernetes", "stub"):
+        raise ConfigError(
+            f"executor.kind: {executor.kind!r}; use 'bwrap', 'kubernetes' or 'stub' (runs nothing)"
+        )
+    if builder.kind not in ("venv", "buildkit", "stub"):
+        raise ConfigError(
+            f"builder.kind: {builder.kind!r}; use 'venv', 'buildkit' or 'stub' (builds nothing)"
+        )
+    if builder.kind == "stub" and executor.kind != "stub":
+        raise ConfigError(
+            "builder.kind 'stub' builds nothing a sandbox or cluster could run; "
+            "use it with executor.kind 'stub'"
+        )
+    if executor.kind != "stub" and (executor.kind == "kubernetes") != (builder.kind == "buildkit"):
         raise ConfigError(
             f"executor.kind {executor.kind!r} cannot run what builder.kind {builder.kind!r} "
             "builds; use bwrap with venv, or kubernetes with buildkit"
@@ -481,6 +508,8 @@ def _check_limits(config: Config) -> None:
 
 
 def _check(config: Config) -> None:
+    if config.artifacts.kind not in ("nats", "folder"):
+        raise ConfigError(f"artifacts.kind: {config.artifacts.kind!r}; use 'nats' or 'folder'")
     _check_kubernetes(config)
     _check_executor(config)
     _check_limits(config)

@@ -74,10 +74,12 @@ class RunPlan(Struct, frozen=True, kw_only=True):
     ref: str
     head: str
     commits: list[str]
+    # What the run runs with, by digest: the environment artifact (a virtualenv, `sha256:...`,
+    # secd_shared.artifacts), or for an image the image's own digest (repo@sha256:...).
     environment: str
-    env_path: str
-    source_path: str
     spec: RunSpec
+    # The source tree at `head` as an artifact (a tar, by digest); "" when the image holds it.
+    source: str = ""
     # The built image by digest (repo@sha256:...) when the builder is BuildKit; None for a venv.
     image: str | None = None
 
@@ -141,8 +143,9 @@ class BuildSucceeded(Payload, tag="build.succeeded"):
 
     plan: RunPlan
     reused: bool
-    build_log: str
     build_s: float
+    # The installer's (or BuildKit's) log, as an artifact; "" when there is none.
+    build_log: str = ""
 
 
 class CredentialsIssued(Payload, tag="credentials.issued"):
@@ -169,8 +172,9 @@ class RunFinished(Payload, tag="run.finished"):
 
     exit_code: int
     duration_s: float
-    output_path: str
-    log_path: str
+    # What the job wrote (a tree artifact) and its log (an artifact), by digest.
+    outputs: str = ""
+    log: str = ""
 
 
 class RunFailed(Payload, tag="run.failed"):
@@ -180,8 +184,9 @@ class RunFailed(Payload, tag="run.failed"):
     reason: str
     log_tail: str = ""
     exit_code: int | None = None
-    output_path: str | None = None
-    log_path: str | None = None
+    # For a run whose job ran: what it wrote and its log, by digest (as in run.finished).
+    outputs: str | None = None
+    log: str | None = None
 
 
 class CredentialsRevoked(Payload, tag="credentials.revoked"):

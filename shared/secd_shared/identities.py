@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from secd_shared.artifacts import ARTIFACT_BUCKET
 from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
 from secd_shared.integrity import CHECKPOINT_STREAM, checkpoint_subject
@@ -35,6 +36,10 @@ class Identity:
     reads_checkpoints: bool = False
     # The record of pushes already received (bucket SECD_PUSHES): the gateway writes and reads it.
     records_pushes: bool = False
+    # Artifacts by digest (bucket SECD_ARTIFACTS, secd_shared.artifacts): sources and
+    # environments (builder -> executor), outputs and job logs (executor -> publisher).
+    writes_artifacts: bool = False
+    reads_artifacts: bool = False
 
 
 # Durable consumer name -> the event types it delivers.
@@ -64,7 +69,9 @@ IDENTITIES: dict[str, Identity] = {
         publishes=("push.received",), reads_log=True, reads_job_logs=True, records_pushes=True
     ),
     "verifier": Identity(publishes=("push.verified", "run.rejected"), consumers=("verifier",)),
-    "builder": Identity(publishes=("build.succeeded", "run.failed"), consumers=("builder",)),
+    "builder": Identity(
+        publishes=("build.succeeded", "run.failed"), consumers=("builder",), writes_artifacts=True
+    ),
     "credentials": Identity(
         publishes=(
             "credentials.issued",
@@ -80,11 +87,14 @@ IDENTITIES: dict[str, Identity] = {
         consumers=("executor",),
         writes_job_logs=True,
         reads_log=True,
+        reads_artifacts=True,
+        writes_artifacts=True,
     ),
     "publisher": Identity(
         publishes=("results.published",),
         consumers=("publisher", "publisher-status"),
         reads_log=True,
+        reads_artifacts=True,
     ),
     # The officer's and the `secd runs` view: reads the log, writes nothing.
     "auditor": Identity(publishes=(), reads_log=True, reads_checkpoints=True),
@@ -116,6 +126,16 @@ def _permissions(name: str, identity: Identity, stream: str) -> dict:
         # A record per key (one token: the key is hex), and reading one back; nothing else of
         # the bucket (no listing, no watch, no stream info).
         publish += [f"$KV.{PUSH_BUCKET}.*", f"$JS.API.DIRECT.GET.{PUSH_STREAM}"]
+    if identity.writes_artifacts or identity.reads_artifacts:
+        # Looking an object up: its metadata (the last message on its meta subject).
+        objects = f"OBJ_{ARTIFACT_BUCKET}"
+        publish += [f"$JS.API.STREAM.INFO.{objects}", f"$JS.API.STREAM.MSG.GET.{objects}"]
+    if identity.writes_artifacts:
+        # Chunks and metadata; never a purge or delete (objects are written once, by digest).
+        publish += [f"$O.{ARTIFACT_BUCKET}.C.>", f"$O.{ARTIFACT_BUCKET}.M.>"]
+    if identity.reads_artifacts:
+        # Reading an object's chunks: an ephemeral ordered consumer, and its flow control.
+        publish += [f"$JS.API.CONSUMER.CREATE.{objects}", f"$JS.FC.{objects}.>"]
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"_INBOX_{name}.>"]},

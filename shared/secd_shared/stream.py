@@ -15,11 +15,13 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 
+from secd_shared.artifacts import ARTIFACT_BUCKET
 from secd_shared.bus import LOG_STREAM
 from secd_shared.events import type_token
 from secd_shared.identities import CONSUMERS
@@ -29,6 +31,7 @@ from secd_shared.pushes import PUSH_BUCKET, PUSH_STREAM
 __all__ = [
     "DUPLICATE_WINDOW_S",
     "checkpoint_stream_config",
+    "ensure_artifact_bucket",
     "ensure_checkpoint_stream",
     "ensure_consumers",
     "ensure_log_stream",
@@ -67,14 +70,15 @@ def stream_config(name: str = "SECD", *, replicas: int = 1) -> StreamConfig:
 
 
 async def ensure_stream(js: JetStreamContext, name: str = "SECD", *, replicas: int = 1) -> None:
-    """Create the log stream, the checkpoint stream and the push bucket if missing (existing
-    ones are kept)."""
+    """Create the log stream, the checkpoint stream, the push bucket and the artifact bucket if
+    missing (existing ones are kept)."""
     try:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         await js.add_stream(stream_config(name, replicas=replicas))
     await ensure_checkpoint_stream(js, replicas=replicas)
     await ensure_push_bucket(js, replicas=replicas)
+    await ensure_artifact_bucket(js, replicas=replicas)
 
 
 def checkpoint_stream_config(*, replicas: int = 1) -> StreamConfig:
@@ -121,6 +125,32 @@ async def ensure_push_bucket(js: JetStreamContext, *, replicas: int = 1) -> None
         await js.stream_info(PUSH_STREAM)
     except nats.js.errors.NotFoundError:
         await js.add_stream(push_bucket_config(replicas=replicas))
+
+
+async def ensure_artifact_bucket(
+    js: JetStreamContext,
+    *,
+    bucket: str = ARTIFACT_BUCKET,
+    max_age_days: float = 30,
+    replicas: int = 1,
+) -> None:
+    """The artifact bucket (sources, environments, outputs, job logs by digest), if missing.
+
+    Outputs and logs are researcher data: they age out after `max_age_days` like job logs.
+    """
+    try:
+        await js.stream_info(f"OBJ_{bucket}")
+    except nats.js.errors.NotFoundError:
+        await js.create_object_store(
+            bucket,
+            config=ObjectStoreConfig(
+                bucket=bucket,
+                description="secd artifacts, named by sha256 (secd_shared.artifacts)",
+                ttl=max_age_days * 86400,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            ),
+        )
 
 
 async def ensure_log_stream(

@@ -39,15 +39,16 @@ class PermanentError(Exception):
         *,
         log_tail: str = "",
         exit_code: int | None = None,
-        output_path: str | None = None,
-        log_path: str | None = None,
+        outputs: str | None = None,
+        log: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.log_tail = log_tail
         self.exit_code = exit_code
-        self.output_path = output_path
-        self.log_path = log_path
+        # Digests of the job's outputs and log (artifacts), when it ran.
+        self.outputs = outputs
+        self.log = log
 
 
 class TransientError(Exception):
@@ -168,8 +169,8 @@ class Worker:
                 reason=exc.reason,
                 log_tail=exc.log_tail,
                 exit_code=exc.exit_code,
-                output_path=exc.output_path,
-                log_path=exc.log_path,
+                outputs=exc.outputs,
+                log=exc.log,
             )
             try:
                 await self.bus.publish(self._envelope(failed, stored))

@@ -109,11 +109,13 @@ def build_run(
     )  # fmt: skip
     plan = RunPlan(
         repository=project, ref="refs/heads/main", head=head, commits=[head],
-        environment="e" * 64, env_path="/srv/envs/e", source_path=f"/srv/work/{run_id}",
+        environment="sha256:" + "e" * 64, source="sha256:" + "5" * 64,
         spec=RunSpec(runfor=0.5),
     )  # fmt: skip
     built = emit(
-        BuildSucceeded(plan=plan, reused=False, build_log="ok", build_s=1.0), "builder", verified
+        BuildSucceeded(plan=plan, reused=False, build_log="sha256:" + "b" * 64, build_s=1.0),
+        "builder",
+        verified,
     )
     account = f"secd_{run_id}"
     issued = emit(
@@ -128,7 +130,7 @@ def build_run(
     )  # fmt: skip
     emit(RunStarted(sandbox=f"secd-{run_id}"), "executor", issued)
     finished = emit(
-        RunFinished(exit_code=0, duration_s=1.5, output_path="/o", log_path="/l"),
+        RunFinished(exit_code=0, duration_s=1.5),
         "executor", issued,
     )  # fmt: skip
     if revoked:

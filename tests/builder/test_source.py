@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from secd_builder.source import SourceError, export_source, read_file_at
+from secd_builder.source import SourceError, read_file_at, write_archive
+from secd_shared.tarballs import extract
+
+
+def export_source(repo: Path, commit: str, dest: Path) -> Path:
+    """What builder and executor do together: the commit archived, then unpacked afresh."""
+    archive = io.BytesIO()
+    write_archive(repo, commit, archive)
+    archive.seek(0)
+    shutil.rmtree(dest, ignore_errors=True)
+    extract(archive, dest, links="inside")
+    return dest
 
 GIT_ENV = {
     "PATH": os.environ["PATH"],

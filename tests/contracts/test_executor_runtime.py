@@ -8,6 +8,7 @@ real sandbox, a PodScript in the fake cluster. Every test then holds for all thr
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from secd_executor.cgroups import detect_cgroups
 from secd_executor.runtime import ExecutorAPI, RunRequest
 from secd_executor.stub import StubJob, StubRuntime
 from secd_executor.uids import UidPool
+from secd_shared.artifacts import FolderArtifacts, digest_bytes
+from secd_shared.tarballs import write_folder
 from tests.fakes.kubernetes import FakeKubernetes, PodScript
 from tests.kubernetes.conftest import COLLECTOR_IMAGE, RUN_IMAGE, run_request, settings
 
@@ -50,6 +53,7 @@ class Case:
     root: Path
     fake: FakeKubernetes | None = None
     env: Path | None = None
+    store: FolderArtifacts | None = None
 
     def request(self, job: Job, run_id: str = RUN, **overrides) -> RunRequest:
         base = run_request(self.root, run_id)
@@ -75,6 +79,7 @@ class Case:
         return replace(base, **overrides)
 
     def _bwrap_request(self, base: RunRequest, job: Job, run_id: str) -> RunRequest:
+        # What the builder would have stored: the environment and the source, as archives.
         source = self.root / "work" / run_id / "src"
         source.mkdir(parents=True, exist_ok=True)
         code = f"""
@@ -87,6 +92,7 @@ class Case:
             sys.exit({job.exit_code})
         """
         (source / "main.py").write_text(textwrap.dedent(code))
+        assert self.env is not None and self.store is not None
         run_dir = self.root / "runs" / run_id
         return replace(
             base,
@@ -95,11 +101,21 @@ class Case:
             db_host="127.0.0.1",
             db_port=5432,
             cache_dir=None,
-            source=str(source),
-            environment=str(self.env),
+            source=_stored_folder(self.store, source),
+            environment=_stored_folder(self.store, self.env),
             output_dir=run_dir / "output",
             log_path=run_dir / "job.log",
         )
+
+
+def _stored_folder(store: FolderArtifacts, folder: Path) -> str:
+    """A folder as the builder stores it: one reproducible tar, by digest."""
+    archive = io.BytesIO()
+    write_folder(folder, archive)
+    digest = digest_bytes(archive.getvalue())
+    # Stored synchronously: requests are made outside the event loop's coroutines.
+    store._put_data(digest, archive.getvalue())
+    return digest
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +134,17 @@ async def case(request, tmp_path: Path, run_env: Path, admin_bus) -> Iterator[Ca
     if request.param == "bwrap":
         if os.geteuid() != 0:
             pytest.skip("the sandbox launcher must run as root")
+        store = FolderArtifacts(tmp_path / "artifacts")
         runtime = BwrapRuntime(
             admin_bus,
+            store,
             runs_dir=tmp_path / "runs",
             cache_root=tmp_path / "cache",
-            work_dir=tmp_path / "work",
-            envs_dir=run_env.parent,
+            envs_dir=tmp_path / "envs",
             uids=UidPool(1_800_000, 64, tmp_path / "runs" / ".uids"),
             cgroups=detect_cgroups("auto", "secd"),
         )
-        yield Case("bwrap", runtime, tmp_path, env=run_env)
+        yield Case("bwrap", runtime, tmp_path, env=run_env, store=store)
         await runtime.close()
         return
     from secd_executor.kubernetes import KubernetesExecutor

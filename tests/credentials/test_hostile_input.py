@@ -161,7 +161,7 @@ async def handle_run(
     run_id = new_run_id()
     plan = RunPlan(
         repository="mallory/m", ref="refs/heads/main", head="a" * 40, commits=[], environment="e",
-        env_path="/e", source_path="/s", spec=RunSpec(runfor=0.01),
+        spec=RunSpec(runfor=0.01),
     )  # fmt: skip
     common = {"run_id": run_id, "producer": PRODUCER, "actor": "mallory", "project": "mallory/m"}
     await admin_bus.publish(
@@ -170,7 +170,7 @@ async def handle_run(
     try:
         (issued,) = await credentials.on_built((await admin_bus.read_run(run_id))[-1])
         await admin_bus.publish(new_event(issued, **common))
-        finished = RunFinished(exit_code=0, duration_s=0.1, output_path="/o", log_path="/l")
+        finished = RunFinished(exit_code=0, duration_s=0.1)
         await admin_bus.publish(new_event(finished, **common))
         stored = await admin_bus.read_run(run_id)
         revoked = await credentials.on_ended(stored[-1])

@@ -32,6 +32,15 @@ def _branch_files(stack, run) -> list[str]:
     ).stdout.split()  # fmt: skip
 
 
+def _show(stack, run, path: str) -> str:
+    view = fold_run(run[0].event.run_id, [s.event for s in run])
+    git_dir = stack.state_dir / "forge" / f"{view.project}.git"
+    return subprocess.run(
+        ["git", "--git-dir", str(git_dir), "show", f"{view.branch}:{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
 async def test_a_job_over_its_memory_limit_fails_naming_it(stack, repo):
     head = repo.commit(
         {
@@ -84,8 +93,9 @@ async def test_the_disk_limit_stops_the_job_and_nothing_of_it_stays(stack, repo)
     run = await run_of(stack, head, "results.published")
     failed = _failed(run)
     assert "disk limit (16 MiB" in failed.reason, failed.reason
-    output = stack.state_dir / "runs" / run[0].event.run_id / "output"
-    assert list(output.iterdir()) == []
+    assert failed.outputs, "the (empty) outputs still travel as an artifact"
+    # Nothing of the run stays with the executor; the branch has no output either.
+    assert not (stack.state_dir / "executor" / "runs" / run[0].event.run_id).exists()
     assert not [f for f in _branch_files(stack, run) if f.startswith("output/")]
 
 
@@ -110,10 +120,7 @@ async def test_each_run_has_a_uid_of_its_own(stack, repo):
         head = repo.commit({"main.py": UID_JOB, "secd.yml": "runfor: 0.05\n"})
         repo.push()
         run = await run_of(stack, head, "results.published")
-        output = stack.state_dir / "runs" / run[0].event.run_id / "output"
-        uid = int((output / "uid.txt").read_text())
-        assert (output / "uid.txt").stat().st_uid == uid
-        uids.append(uid)
+        uids.append(int(_show(stack, run, "output/uid.txt")))
     assert uids[0] != uids[1]
     assert all(1_000_000 <= uid < 1_065_536 for uid in uids), uids
 

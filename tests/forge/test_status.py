@@ -61,11 +61,11 @@ VERIFIED = PushVerified(
             CommitStatus("failed", "failed (builder): secd.yml: runfor is not a number"),
         ),
         (
-            [PUSH, VERIFIED, RunFinished(exit_code=0, duration_s=1, output_path="o", log_path="l")],
+            [PUSH, VERIFIED, RunFinished(exit_code=0, duration_s=1)],
             CommitStatus("success", "finished; results on branch secd/r0000000000000000001"),
         ),
         (
-            [PUSH, VERIFIED, RunFinished(exit_code=3, duration_s=1, output_path="o", log_path="l")],
+            [PUSH, VERIFIED, RunFinished(exit_code=3, duration_s=1)],
             CommitStatus("failed", "the job exited with code 3; results on branch secd/r0000000000000000001"),  # noqa: E501
         ),
     ],

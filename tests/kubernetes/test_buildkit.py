@@ -276,7 +276,8 @@ def test_the_builder_service_hands_the_digest_to_the_run_plan(
     import asyncio
 
     import secd_builder.buildkit as buildkit_module
-    from secd_builder.service import Builder
+    from secd_builder.service import Builder, make_builder
+    from secd_shared.artifacts import FolderArtifacts
     from secd_shared.bus import StoredEvent
     from secd_shared.events import encode_event
 
@@ -305,7 +306,14 @@ def test_the_builder_service_hands_the_digest_to_the_run_plan(
         push, run_id=RUN, producer=Producer("verifier", "t"), actor="alice@example.org", project="p"
     )
     stored = StoredEvent(seq=1, subject="s", data=encode_event(event))
-    (succeeded,) = asyncio.run(Builder(config).on_verified(stored))
+    store = FolderArtifacts(tmp_path / "artifacts")
+    builder = Builder(config, store, make_builder(config, store))
+    (succeeded,) = asyncio.run(builder.on_verified(stored))
+    # The build log went into the artifact store; the plan names no path of the builder's.
+    assert b"exporting to image" in asyncio.run(
+        store.get_bytes(succeeded.build_log, max_bytes=1 << 20)
+    )
+    assert succeeded.plan.source == ""
     assert succeeded.plan.image == f"{REGISTRY}/runs/{dns_name('alice@example.org')}@{DIGEST}"
     assert succeeded.plan.environment == DIGEST
     assert json.loads(msgspec.json.encode(succeeded.plan))["image"].endswith(DIGEST)

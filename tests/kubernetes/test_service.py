@@ -15,6 +15,7 @@ from secd_executor.bwrap import BwrapRuntime
 from secd_executor.kubernetes import KubernetesExecutor
 from secd_executor.runtime import RuntimeExecutor
 from secd_executor.stub import StubRuntime
+from secd_shared.artifacts import FolderArtifacts, get_tree
 from secd_shared.config import Config, ExecutorConfig
 from secd_shared.events import (
     CredentialsIssued,
@@ -46,8 +47,6 @@ def issued(run_id: str, public_key: str, *, runfor: float = 1.0, image: str | No
         head="a" * 40,
         commits=["a" * 40],
         environment="image",
-        env_path="",
-        source_path="",
         spec=RunSpec(runfor=runfor, gpu=1, command=["python", "train.py"]),
         image=image,
     )
@@ -105,7 +104,8 @@ def executor_setup(tmp_path: Path, fake_k8s: FakeKubernetes, make_executor):
         executor=ExecutorConfig(private_key_file=str(key), runs_dir="runs"),
     )
     runtime: KubernetesExecutor = make_executor()
-    return public, RuntimeExecutor(config, None, runtime), tmp_path
+    store = FolderArtifacts(tmp_path / "artifacts")
+    return public, RuntimeExecutor(config, None, runtime, store), tmp_path
 
 
 async def test_a_run_on_kubernetes_finishes_with_its_outputs_and_log(
@@ -125,9 +125,13 @@ async def test_a_run_on_kubernetes_finishes_with_its_outputs_and_log(
     assert types == ["credentials.issued", "run.started", "run.finished"]
     finished = events[-1].payload
     assert finished.exit_code == 0
-    assert Path(finished.output_path, "m.txt").read_bytes() == b"m"
-    assert Path(finished.log_path).read_text() == "epoch 1\nsaved\n"
-    assert Path(finished.output_path) == root / "runs" / run_id / "output"
+    # Outputs and log travel by digest; the executor keeps no copy.
+    store = handler_owner.store
+    tree = await get_tree(store, finished.outputs, root / "fetched")
+    assert [f.path for f in tree.files] == ["m.txt"]
+    assert (root / "fetched" / "m.txt").read_bytes() == b"m"
+    assert await store.get_bytes(finished.log, max_bytes=1000) == b"epoch 1\nsaved\n"
+    assert not (root / "runs" / run_id).exists()
     # What the cluster was given: the GPU, the command, and the password only in the Secret.
     job_create = next(e for e in fake_k8s.events if e[:2] == ("create", "Job"))
     assert job_create[3] == "true"
@@ -153,9 +157,10 @@ async def test_a_run_past_runfor_fails_with_the_deadline_reason(
     failed = events[-1].payload
     assert failed.stage == "executor"
     assert failed.reason == "the job ran longer than runfor (0.000277778 h) and was stopped"
-    # The job's output reaches its log file, never the audit log (the publisher takes the tail).
+    # The job's output reaches its log artifact, never the audit log (the publisher reads it).
     assert failed.log_tail == ""
-    assert "forever" in Path(failed.log_path).read_text()
+    log = await handler_owner.store.get_bytes(failed.log, max_bytes=1 << 20)
+    assert b"forever" in log
     assert fake_k8s.of_kind("Job", NAMESPACE) == []
 
 
@@ -249,7 +254,7 @@ async def test_a_redelivery_after_the_run_ended_creates_no_second_job(
         # The run already ended (the executor crashed before acking its input).
         await admin_bus.publish(
             new_event(
-                RunFinished(exit_code=0, duration_s=1.0, output_path="/o", log_path="/l"),
+                RunFinished(exit_code=0, duration_s=1.0),
                 run_id=run_id,
                 producer=Producer("executor", "test"),
                 actor="alice",

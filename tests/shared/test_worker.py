@@ -30,9 +30,9 @@ def _verified(run_id: str):
 def _built() -> BuildSucceeded:
     plan = RunPlan(
         repository="alice/m", ref="refs/heads/main", head="a" * 40, commits=[], environment="e",
-        env_path="/e", source_path="/s", spec=RunSpec(),
+        spec=RunSpec(),
     )  # fmt: skip
-    return BuildSucceeded(plan=plan, reused=False, build_log="/l", build_s=0.1)
+    return BuildSucceeded(plan=plan, reused=False, build_log="", build_s=0.1)
 
 
 async def _run_worker(nats_server, handler, until, *, max_deliver=3):

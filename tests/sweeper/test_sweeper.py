@@ -80,10 +80,10 @@ async def _issue(admin_bus, credentials, run_id) -> tuple[StoredEvent, str]:
     producer = Producer("test", "1")
     plan = RunPlan(
         repository="alice/m", ref="refs/heads/main", head="a" * 40, commits=[], environment="e",
-        env_path="/e", source_path="/s", spec=RunSpec(runfor=0.01),
+        spec=RunSpec(runfor=0.01),
     )  # fmt: skip
     built = new_event(
-        BuildSucceeded(plan=plan, reused=True, build_log="/l", build_s=0.0),
+        BuildSucceeded(plan=plan, reused=True, build_log="", build_s=0.0),
         run_id=run_id, producer=producer, actor="alice", project="alice/m",
     )  # fmt: skip
     await admin_bus.publish(built)
@@ -117,7 +117,7 @@ async def test_an_account_whose_run_ended_unseen_is_revoked(
     # The run ends while nobody revokes (the credentials service was down).
     await admin_bus.publish(
         new_event(
-            RunFinished(exit_code=0, duration_s=1.0, output_path="/o", log_path="/l"),
+            RunFinished(exit_code=0, duration_s=1.0),
             run_id=run_id, producer=Producer("executor", "1"), actor="alice", project="alice/m",
         )
     )  # fmt: skip
@@ -191,7 +191,7 @@ async def test_a_failed_revocation_is_reported_and_never_forgotten(
     run_id = new_run_id()
     _built, account = await _issue(admin_bus, credentials, run_id)
     finished = new_event(
-        RunFinished(exit_code=0, duration_s=1.0, output_path="/o", log_path="/l"),
+        RunFinished(exit_code=0, duration_s=1.0),
         run_id=run_id, producer=Producer("executor", "1"), actor="alice", project="alice/m",
     )  # fmt: skip
     await admin_bus.publish(finished)

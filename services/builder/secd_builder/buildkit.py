@@ -19,6 +19,7 @@ secd.yml `command`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secd_builder.environment import BuildError, check_requirements
+from secd_builder.port import BuildRequest, Built
 from secd_shared.config import BuildKitConfig, Config
-from secd_shared.events import BuildSucceeded, PushVerified, RunPlan, RunSpec
+from secd_shared.events import RunSpec
 from secd_shared.kube import (
     Conflict,
     JobState,
@@ -40,7 +42,7 @@ from secd_shared.kube import (
 )
 from secd_shared.tail import log_tail
 
-__all__ = ["BuildKitBuilder", "BuildRequest", "BuiltImage", "generate_dockerfile", "image_plan"]
+__all__ = ["BuildKitBuilder", "BuildRequest", "BuiltImage", "generate_dockerfile"]
 
 log = logging.getLogger("secd.builder.buildkit")
 
@@ -78,21 +80,6 @@ BUILD_SCRIPT = (
     'buildctl-daemonless.sh "$@" && '
     f'printf "\\n{METADATA_MARKER} %s\\n" "$(tr -d "\\n" < "$SECD_METADATA")"'
 )
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    """One build: which commit of which repository, for whom, and what secd.yml says."""
-
-    run_id: str
-    researcher: str
-    repository: str
-    ref: str
-    commit: str
-    spec: RunSpec
-    requirements: bytes | None
-    has_dockerfile: bool
-    log_path: Path
 
 
 @dataclass(frozen=True)
@@ -365,6 +352,20 @@ class BuildKitBuilder:
             meta = body["metadata"]
             return self.kube.get(body["kind"], meta["namespace"], meta["name"])
 
+    async def environment_for(self, request: BuildRequest) -> Built:
+        """The port: the run's image, built and pushed; the run names it by digest."""
+        built = await asyncio.to_thread(self.build, request)
+        return Built(
+            environment=built.digest,
+            image=built.image,
+            seconds=built.seconds,
+            log_path=built.log_path,
+        )
+
+    async def close(self) -> None:
+        """Release the Kubernetes client."""
+        self.kube.close()
+
     def build(self, request: BuildRequest) -> BuiltImage:
         """Build and push the image; raises BuildError (with the log's tail) if it fails.
 
@@ -487,46 +488,4 @@ def _digest_from(log_path: Path) -> str:
             break
     raise BuildError(
         "the image build ended without reporting a pushed digest", log_tail=log_tail(log_path, 40)
-    )
-
-
-def image_plan(
-    builder: BuildKitBuilder,
-    push: PushVerified,
-    run_id: str,
-    *,
-    spec: RunSpec,
-    requirements: bytes | None,
-    has_dockerfile: bool,
-    log_dir: Path,
-) -> BuildSucceeded:
-    """Build the run's image and say so: the plan carries the image by digest."""
-    built = builder.build(
-        BuildRequest(
-            run_id=run_id,
-            researcher=push.researcher,
-            repository=push.repository,
-            ref=push.ref,
-            commit=push.head,
-            spec=spec,
-            requirements=requirements,
-            has_dockerfile=has_dockerfile,
-            log_path=log_dir / run_id / "build.log",
-        )
-    )
-    return BuildSucceeded(
-        plan=RunPlan(
-            repository=push.repository,
-            ref=push.ref,
-            head=push.head,
-            commits=push.commits,
-            environment=built.digest,
-            env_path="",
-            source_path="",
-            spec=spec,
-            image=built.image,
-        ),
-        reused=False,
-        build_log=str(built.log_path),
-        build_s=round(built.seconds, 3),
     )

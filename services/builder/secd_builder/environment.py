@@ -310,7 +310,11 @@ def _build(
                 tail = _tail(log_path, start)
                 raise BuildError(f"{what} failed: {_summary(tail)}", tail)
 
-        step([uv, "venv", "--no-project", "--python", python, str(path)], "creating the virtualenv")
+        # Relocatable: the executor unpacks it into a folder of its own (secd_builder.venv).
+        step(
+            [uv, "venv", "--no-project", "--relocatable", "--python", python, str(path)],
+            "creating the virtualenv",
+        )
         if lines:
             requirements = path / REQUIREMENTS_COPY
             # Install exactly the lines that were checked, not the file as the researcher wrote it.

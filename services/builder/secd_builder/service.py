@@ -1,42 +1,65 @@
 """push.verified -> build.succeeded | run.failed.
 
-Reads secd.yml and requirements.txt from the pushed commit, makes (or reuses) the environment for
-the requirements' hash, and exports the source the run will see, read-only.
+Reads secd.yml and requirements.txt from the pushed commit and asks the builder port
+(port.EnvironmentBuilder: a virtualenv on this machine, an image in Kubernetes, or the stub) for
+what the run runs with. The plan names it, and the source, by digest; the build log goes into
+the artifact store too. No path of this service's own folders leaves it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 
-from secd_builder.environment import BuildError, ensure_environment
-from secd_builder.source import SourceError, export_source, read_file_at
+from secd_builder.port import BuildError, BuildRequest, EnvironmentBuilder
+from secd_builder.source import SourceError, read_file_at
 from secd_builder.spec import MAX_SPEC_BYTES, SpecError, parse_spec
+from secd_shared.artifacts import ArtifactStore, artifact_store
 from secd_shared.bus import EventBus, StoredEvent
-from secd_shared.config import Config
+from secd_shared.config import Config, read_secret
 from secd_shared.events import BuildSucceeded, PushVerified, RunPlan
 from secd_shared.forge import ForgeError, repository_path
 from secd_shared.worker import PermanentError
 
-__all__ = ["Builder", "setup"]
+__all__ = ["Builder", "make_builder", "setup"]
+
+
+def make_builder(config: Config, store: ArtifactStore) -> EnvironmentBuilder:
+    """The adapter builder.kind names."""
+    if config.builder.kind == "buildkit":
+        from secd_builder.buildkit import BuildKitBuilder
+
+        return BuildKitBuilder.from_config(config)
+    if config.builder.kind == "stub":
+        from secd_builder.stub import StubBuilder
+
+        return StubBuilder()
+    from secd_builder.venv import VenvBuilder
+
+    return VenvBuilder(
+        store,
+        config.path(config.builder.envs_dir),
+        python=config.builder.python or sys.executable,
+        timeout_s=config.builder.timeout_s,
+        allow_source_builds=config.builder.allow_source_builds,
+    )
 
 
 class Builder:
-    """Prepares a run's environment and source."""
+    """Prepares a run's environment and source, through the builder port."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store: ArtifactStore, builder: EnvironmentBuilder) -> None:
+        self.store = store
+        self.builder = builder
         self.forge_root = config.path(config.forge.root)
-        self.envs_dir = config.path(config.builder.envs_dir)
         self.work_dir = config.path(config.builder.work_dir)
-        self.python = config.builder.python or sys.executable
-        self.timeout_s = config.builder.timeout_s
         self.max_runfor_h = config.builder.max_runfor_h
         self.max_limits = config.limits.maximum()
-        self.allow_source_builds = config.builder.allow_source_builds
         # forge.kind = "gitlab": the verified commit is fetched into a mirror of the builder's own.
         self.mirrors = None
         if config.forge.kind == "gitlab":
-            from secd_shared.config import read_secret
             from secd_shared.forge_git import GitMirrors
 
             gitlab = config.forge.gitlab
@@ -46,30 +69,41 @@ class Builder:
                 read_secret(config, "forge.gitlab.token", gitlab.token, gitlab.token_file),
                 skip_prefix=config.forge.results_prefix,
             )
-        # builder.kind = "buildkit": images built in Kubernetes instead of local virtualenvs.
-        self.image_builder = None
-        if config.builder.kind == "buildkit":
-            from secd_builder.buildkit import BuildKitBuilder
-
-            self.image_builder = BuildKitBuilder.from_config(config)
 
     async def on_verified(self, stored: StoredEvent) -> list[BuildSucceeded]:
         """Build for one verified push."""
-        return [await asyncio.to_thread(self._build, stored)]
-
-    def _build(self, stored: StoredEvent) -> BuildSucceeded:
         push = stored.event.payload
         assert isinstance(push, PushVerified)
         try:
-            return self._prepare(push, stored.event.run_id)
+            request = await asyncio.to_thread(self._request, push, stored.event.run_id)
+            built = await self.builder.environment_for(request)
         except (ForgeError, SourceError, SpecError) as exc:
             raise PermanentError(str(exc)) from None
         except UnicodeDecodeError:
             raise PermanentError("secd.yml is not UTF-8 text; save it as UTF-8") from None
         except BuildError as exc:
             raise PermanentError(f"build failed: {exc}", log_tail=exc.log_tail) from None
+        build_log = await self._stored_log(built.log_path)
+        return [
+            BuildSucceeded(
+                plan=RunPlan(
+                    repository=push.repository,
+                    ref=push.ref,
+                    head=push.head,
+                    commits=push.commits,
+                    environment=built.environment,
+                    source=built.source,
+                    image=built.image,
+                    spec=request.spec,
+                ),
+                reused=built.reused,
+                build_log=build_log,
+                build_s=round(built.seconds, 3),
+            )
+        ]
 
-    def _prepare(self, push: PushVerified, run_id: str) -> BuildSucceeded:
+    def _request(self, push: PushVerified, run_id: str) -> BuildRequest:
+        """What to build, read from the pushed commit (secd.yml checked here)."""
         if self.mirrors is not None:
             repo = self.mirrors.fetch(push.repository, [push.head])
         else:
@@ -80,44 +114,35 @@ class Builder:
             max_runfor_h=self.max_runfor_h,
             max_limits=self.max_limits,
         )
-        requirements = read_file_at(repo, push.head, "requirements.txt") or b""
-        if self.image_builder is not None:
-            from secd_builder.buildkit import image_plan
-
-            return image_plan(
-                self.image_builder,
-                push,
-                run_id,
-                spec=spec,
-                requirements=requirements,
-                has_dockerfile=read_file_at(repo, push.head, "Dockerfile") is not None,
-                log_dir=self.work_dir,
-            )
-        env = ensure_environment(
-            requirements,
-            self.envs_dir,
-            python=self.python,
-            timeout_s=self.timeout_s,
-            allow_source_builds=self.allow_source_builds,
-        )
-        source = export_source(repo, push.head, self.work_dir / run_id / "src")
-        return BuildSucceeded(
-            plan=RunPlan(
-                repository=push.repository,
-                ref=push.ref,
-                head=push.head,
-                commits=push.commits,
-                environment=env.key,
-                env_path=str(env.path),
-                source_path=str(source),
-                spec=spec,
-            ),
-            reused=env.reused,
-            build_log=str(env.log_path),
-            build_s=round(env.seconds, 3),
+        return BuildRequest(
+            run_id=run_id,
+            researcher=push.researcher,
+            repository=push.repository,
+            ref=push.ref,
+            commit=push.head,
+            spec=spec,
+            requirements=read_file_at(repo, push.head, "requirements.txt") or b"",
+            has_dockerfile=read_file_at(repo, push.head, "Dockerfile") is not None,
+            log_path=self.work_dir / run_id / "build.log",
+            git_dir=repo,
         )
 
+    async def _stored_log(self, path: Path | None) -> str:
+        """The build log as an artifact ("" when there is none)."""
+        if path is None:
+            return ""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return ""
+        try:
+            return await self.store.put_fd(fd)
+        finally:
+            os.close(fd)
 
-async def setup(config: Config, _bus: EventBus):
-    """The builder's one consumer."""
-    return {"builder": Builder(config).on_verified}
+
+async def setup(config: Config, bus: EventBus):
+    """The builder's one consumer, on the configured builder."""
+    store = artifact_store(config, bus.js if bus is not None else None)
+    builder = make_builder(config, store)
+    return {"builder": Builder(config, store, builder).on_verified}, builder.close

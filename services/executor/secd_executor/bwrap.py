@@ -1,7 +1,9 @@
 """ExecutorAPI on this machine: each run in a bubblewrap sandbox (sandbox.py), as its own uid.
 
-prepare: a fresh output folder, a uid of the run's own, the researcher's cache folder (made if
-new, held against their other runs whose cache folders overlap). execute: the relay to the run's
+prepare: a fresh output folder, a uid of the run's own, the run's environment and source fetched
+from the artifact store by digest (the environment unpacked once per digest into this executor's
+own folder), the researcher's cache folder (made if new, held against their other runs whose
+cache folders overlap). execute: the relay to the run's
 database, the sandbox, the job's output shipped to the job-log stream while it runs. collect:
 nothing to copy (the sandbox wrote into the output folder), but a run stopped at its disk limit
 leaves nothing of it. cleanup: the uid and the cache are let go.
@@ -30,9 +32,11 @@ from secd_executor.relay import DatabaseRelay
 from secd_executor.runtime import RunOutcome, RunRequest
 from secd_executor.sandbox import SandboxError, SandboxSpec, run_sandboxed
 from secd_executor.uids import UidLease, UidPool
+from secd_shared.artifacts import ArtifactError, ArtifactStore, check_digest
 from secd_shared.bus import EventBus
 from secd_shared.config import Config
 from secd_shared.safepath import Beneath, PathRefused, empty_tree, open_beneath
+from secd_shared.tarballs import TarError, extract
 from secd_shared.worker import PermanentError
 
 __all__ = ["KEPT_LOG_BYTES", "BwrapRuntime"]
@@ -48,6 +52,8 @@ class _Run:
     """What prepare made for one run, until cleanup."""
 
     uid: UidLease
+    env: Beneath | None = None
+    source: Beneath | None = None
     cache: Beneath | None = None
     cache_lock: int = -1
     outcome: RunOutcome | None = None
@@ -61,25 +67,25 @@ class BwrapRuntime:
     def __init__(
         self,
         bus: EventBus,
+        store: ArtifactStore,
         *,
         runs_dir: Path,
         cache_root: Path,
-        work_dir: Path,
         envs_dir: Path,
         uids: UidPool,
         cgroups: Cgroups,
     ) -> None:
         self.bus = bus
+        self.store = store
         self.runs_dir = runs_dir
         self.cache_root = cache_root
-        self.work_dir = work_dir
         self.envs_dir = envs_dir
         self.uids = uids
         self.cgroups = cgroups
         self._runs: dict[str, _Run] = {}
 
     @classmethod
-    def from_config(cls, config: Config, bus: EventBus) -> BwrapRuntime:
+    def from_config(cls, config: Config, bus: EventBus, store: ArtifactStore) -> BwrapRuntime:
         """The runtime the executor's config describes (its cgroups found once, here)."""
         executor = config.executor
         runs_dir = config.path(executor.runs_dir)
@@ -88,10 +94,10 @@ class BwrapRuntime:
         cgroups.sweep()
         return cls(
             bus,
+            store,
             runs_dir=runs_dir,
             cache_root=config.path(executor.cache_root),
-            work_dir=config.path(config.builder.work_dir),
-            envs_dir=config.path(config.builder.envs_dir),
+            envs_dir=config.path(executor.envs_dir),
             uids=UidPool(executor.uid_first, executor.uid_count, runs_dir / ".uids"),
             cgroups=cgroups,
         )
@@ -110,6 +116,8 @@ class BwrapRuntime:
         run = _Run(uid=await self.uids.lease_async(request.run_id))
         self._runs[request.run_id] = run
         try:
+            run.env = await self._environment(request.environment)
+            run.source = await self._source(request.source, run_dir)
             if request.cache_dir:
                 run.cache, run.cache_lock = await self._hold_cache(
                     request.researcher, request.cache_dir
@@ -117,6 +125,51 @@ class BwrapRuntime:
         except BaseException:
             await self.cleanup(request)
             raise
+
+    async def _environment(self, digest: str) -> Beneath:
+        """The run environment `digest`, unpacked once into this executor's own folder."""
+        try:
+            name = check_digest(digest).removeprefix("sha256:")
+        except ArtifactError:
+            raise PermanentError(
+                "the run names no environment this machine can run (an image needs "
+                "executor.kind = kubernetes)"
+            ) from None
+        folder = self.envs_dir / name
+        complete = self.envs_dir / f"{name}.complete"
+        if complete.exists():
+            return Beneath(self.envs_dir, (name,))
+        self.envs_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        lock = await asyncio.to_thread(_lock, self.envs_dir / f"{name}.lock")
+        try:
+            if not complete.exists():
+                await self._unpack(digest, folder, links="anywhere")
+                complete.touch()
+        finally:
+            os.close(lock)
+        return Beneath(self.envs_dir, (name,))
+
+    async def _source(self, digest: str, run_dir: Path) -> Beneath:
+        """The run's source tree, unpacked into its own folder (`src`, read-only to the job)."""
+        try:
+            check_digest(digest)
+        except ArtifactError:
+            raise PermanentError("the run names no source to run; not run") from None
+        await self._unpack(digest, run_dir / "src", links="inside")
+        return Beneath(run_dir, ("src",))
+
+    async def _unpack(self, digest: str, folder: Path, *, links: str) -> None:
+        """Fetch the archive `digest` (checked) and unpack it into `folder`, afresh."""
+        archive = folder.with_name(folder.name + ".tar")
+        await asyncio.to_thread(_remove, folder, archive)
+        try:
+            await self.store.get_file(digest, archive)
+            await asyncio.to_thread(_extract_file, archive, folder, links)
+        except (ArtifactError, TarError) as exc:
+            await asyncio.to_thread(_remove, folder)
+            raise PermanentError(f"the run's files could not be unpacked: {exc}") from None
+        finally:
+            await asyncio.to_thread(_remove, archive)
 
     async def _hold_cache(self, researcher: str, cache_dir: str) -> tuple[Beneath, int]:
         """The researcher's cache folder (made if new), and a lock on its folder tree."""
@@ -162,10 +215,9 @@ class BwrapRuntime:
     async def _execute(
         self, request: RunRequest, run: _Run, on_start: Callable[[], Awaitable[None]]
     ) -> RunOutcome:
-        # Zero trust: paths from an event are used only inside the folders they belong to,
-        # and reached without following a link (secd_shared.safepath).
-        source = below(request.source, self.work_dir, "source")
-        env = below(request.environment, self.envs_dir, "environment")
+        # The run's folders are this executor's own, reached without following a link.
+        assert run.env is not None and run.source is not None
+        source, env = run.source, run.env
         run_dir = request.output_dir.parent
         socket_path = run_dir / "db.sock"
         target = (
@@ -278,13 +330,24 @@ def _drop_excess(output: Path, cache: Beneath | None, log_path: Path) -> None:
         )
 
 
-def below(path: str, root: Path, what: str) -> Beneath:
-    """`path` from an event as `root` plus the parts below it; the run fails if it is not."""
-    try:
-        relative = Path(path).relative_to(root)
-        return Beneath.of(root, str(relative))
-    except (ValueError, PathRefused):
-        raise PermanentError(f"the run's {what} is not where secd keeps them; not run") from None
+def _extract_file(archive: Path, folder: Path, links: str) -> None:
+    with open(archive, "rb") as source:
+        extract(source, folder, links=links)
+
+
+def _lock(path: Path) -> int:
+    """An exclusive flock on `path` (blocking); the caller closes the descriptor."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
 
 
 def _safe(researcher: str) -> str:

@@ -175,7 +175,12 @@ class Cgroups:
         return run
 
     def sweep(self) -> None:
-        """Remove run cgroups an earlier executor left (it crashed), killing what is in them."""
+        """Remove the empty run cgroups an earlier executor left (it crashed).
+
+        Only empty ones: other executors on this machine share the folder, and their runs'
+        cgroups are not ours to touch. A crashed executor's sandboxes die with it (bwrap's
+        --die-with-parent), so its cgroups empty themselves.
+        """
         if self.version == "none" or self.root is None:
             return
         parents = (
@@ -186,8 +191,9 @@ class Cgroups:
         for parent in parents:
             with contextlib.suppress(OSError):
                 for child in parent.iterdir():
-                    if child.is_dir() and child.name.startswith("secd-r"):
-                        RunCgroup(self.version, {child.name: child}).remove()
+                    if child.is_dir() and child.name.startswith("secd-r") and not _pids(child):
+                        with contextlib.suppress(OSError):
+                            child.rmdir()
 
 
 def _write(path: Path, value: object, *, optional: bool = False) -> None:

@@ -14,12 +14,16 @@ stub (stub.py) plug into it, and one contract suite (tests/contracts) runs again
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from secd_shared.artifacts import ArtifactStore, put_tree
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
 from secd_shared.dbkind import DbKind, default_port
@@ -119,9 +123,12 @@ async def has_ended(bus: EventBus, run_id: str) -> bool:
 class RuntimeExecutor:
     """credentials.issued -> run.started, run.finished | run.failed, on any ExecutorAPI."""
 
-    def __init__(self, config: Config, bus: EventBus, runtime: ExecutorAPI) -> None:
+    def __init__(
+        self, config: Config, bus: EventBus, runtime: ExecutorAPI, store: ArtifactStore
+    ) -> None:
         self.bus = bus
         self.runtime = runtime
+        self.store = store
         self.runs_dir = config.path(config.executor.runs_dir)
         self.key = load_private_key(config.path(config.executor.private_key_file))
         self.producer = producer_for("executor")
@@ -154,8 +161,8 @@ class RuntimeExecutor:
             output_dir=run_dir / "output",
             log_path=run_dir / "job.log",
             image=plan.image,
-            environment=plan.env_path,
-            source=plan.source_path,
+            environment=plan.environment,
+            source=plan.source,
             limits=resolve_limits(self.limits, spec.limits),
         )
 
@@ -181,17 +188,25 @@ class RuntimeExecutor:
             )
 
         # A transient fault (the API unreachable) leaves everything in place on purpose: the
-        # redelivered event adopts the job still running. Only an ended run is cleaned up.
+        # redelivered event adopts the job still running. An ended run, or one that cannot
+        # run, is cleaned up.
         await self.runtime.prepare(request)
-        outcome = await self.runtime.execute(request, started)
+        try:
+            outcome = await self.runtime.execute(request, started)
+        except PermanentError:
+            await self._forget(request)
+            raise
+        left_out: list[str] = []
         try:
             if outcome.started:
-                excluded = await self.runtime.collect(request)
-                for entry in excluded:
+                left_out = await self.runtime.collect(request)
+                for entry in left_out:
                     log.info("output left out: %s", entry, extra={"run_id": event.run_id})
+            # What the job wrote and its log travel on by digest; this machine keeps neither.
+            outputs, job_log = await self._store_results(request)
         finally:
-            await self.runtime.cleanup(request)
-        common = {"output_path": str(request.output_dir), "log_path": str(request.log_path)}
+            await self._forget(request)
+        common = {"outputs": outputs, "log": job_log}
         if outcome.timed_out:
             raise PermanentError(
                 f"the job ran longer than runfor ({request.runfor_h:g} h) and was stopped",
@@ -211,3 +226,25 @@ class RuntimeExecutor:
                 **common,
             )
         return [RunFinished(exit_code=0, duration_s=round(outcome.duration_s, 3), **common)]
+
+    async def _store_results(self, request: RunRequest) -> tuple[str, str]:
+        """The output folder (as a tree) and the job log into the artifact store."""
+        outputs = ""
+        if request.output_dir.is_dir():
+            outputs = await put_tree(self.store, request.output_dir)
+        job_log = ""
+        try:
+            fd = os.open(request.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                job_log = await self.store.put_fd(fd)
+            finally:
+                os.close(fd)
+        return outputs, job_log
+
+    async def _forget(self, request: RunRequest) -> None:
+        """Clean the runtime up and remove the run's folder here (its results are stored)."""
+        await self.runtime.cleanup(request)
+        await asyncio.to_thread(shutil.rmtree, request.output_dir.parent, True)

@@ -8,13 +8,14 @@ kubernetes.py) or "stub" (runs nothing, stub.py). This module only wires them.
 from __future__ import annotations
 
 from secd_executor.runtime import ExecutorAPI, RuntimeExecutor
+from secd_shared.artifacts import ArtifactStore, artifact_store
 from secd_shared.bus import EventBus
 from secd_shared.config import Config
 
 __all__ = ["make_runtime", "setup"]
 
 
-def make_runtime(config: Config, bus: EventBus) -> ExecutorAPI:
+def make_runtime(config: Config, bus: EventBus, store: ArtifactStore) -> ExecutorAPI:
     """The runtime executor.kind names."""
     kind = config.executor.kind
     if kind == "kubernetes":
@@ -29,10 +30,11 @@ def make_runtime(config: Config, bus: EventBus) -> ExecutorAPI:
         return StubRuntime()
     from secd_executor.bwrap import BwrapRuntime
 
-    return BwrapRuntime.from_config(config, bus)
+    return BwrapRuntime.from_config(config, bus, store)
 
 
 async def setup(config: Config, bus: EventBus):
     """The executor's one consumer, on the configured runtime."""
-    runtime = make_runtime(config, bus)
-    return {"executor": RuntimeExecutor(config, bus, runtime).on_issued}, runtime.close
+    store = artifact_store(config, bus.js if bus is not None else None)
+    runtime = make_runtime(config, bus, store)
+    return {"executor": RuntimeExecutor(config, bus, runtime, store).on_issued}, runtime.close

@@ -12,11 +12,13 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from secd_publisher.branch import PublishError
 from secd_publisher.forge import ForgeUnavailable, ResultsForge, make_results_forge
 from secd_publisher.status import StatusReporter
+from secd_shared.artifacts import ArtifactError, ArtifactStore, artifact_store, get_tree
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
 from secd_shared.events import PushReceived, ResultsPublished
@@ -64,27 +66,21 @@ def collect_outputs(output: Path) -> tuple[dict[str, Beneath], list[dict]]:
 class Publisher:
     """Writes each run's outcome to its repository."""
 
-    def __init__(self, config: Config, bus: EventBus, forge: ResultsForge | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        bus: EventBus,
+        forge: ResultsForge | None = None,
+        store: ArtifactStore | None = None,
+    ) -> None:
         self.bus = bus
         # The embedded forge's repositories, or GitLab (forge.kind).
         self.forge = forge if forge is not None else make_results_forge(config)
+        # Outputs and logs come from the artifact store, by the digests the run's end names.
+        self.store = store if store is not None else artifact_store(config, bus.js)
         self.prefix = config.forge.results_prefix
         self.author = (config.publisher.author_name, config.publisher.author_email)
-        self.runs_dir = config.path(config.executor.runs_dir).resolve()
-
-    def _ours(self, path: str | None) -> str | None:
-        """A path from an event, only when it lies in the executor's runs folder.
-
-        Zero trust: a forged event must not make the publisher (outside any sandbox) copy
-        files of this machine into a repository.
-        """
-        if not path:
-            return None
-        resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self.runs_dir):
-            log.warning("ignoring %s: not in the runs folder", path)
-            return None
-        return str(resolved)
+        self.work_dir = config.path(config.publisher.work_dir)
 
     async def on_ended(self, stored: StoredEvent) -> list[ResultsPublished]:
         """Publish the outcome of one run."""
@@ -104,29 +100,49 @@ class Publisher:
             )
             return []
         view = fold_run(stored.event.run_id, events)
+        terminal = next(
+            e for e in reversed(events) if e.type in ("run.finished", "run.failed", "run.rejected")
+        )
+        work = self.work_dir / stored.event.run_id
+        await asyncio.to_thread(shutil.rmtree, work, True)
         try:
-            return [await asyncio.to_thread(self._publish, push, view, events)]
+            output, log_path = await self._fetch(terminal.payload, work)
+            return [await asyncio.to_thread(self._publish, push, view, output, log_path)]
+        except ArtifactError as exc:
+            # Aged out of the store, or damaged: a retry would find the same.
+            raise PermanentError(f"the run's results cannot be read: {exc}") from None
         except ForgeError as exc:
             raise PermanentError(str(exc)) from None
         except ForgeUnavailable as exc:
             raise TransientError(str(exc)) from None
         except PublishError as exc:
             raise PermanentError(f"the results could not be written: {exc}") from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
 
-    def _publish(self, push: PushReceived, view: RunView, events) -> ResultsPublished:
-        terminal = next(
-            e for e in reversed(events) if e.type in ("run.finished", "run.failed", "run.rejected")
-        )
-        payload = terminal.payload
-        output_path = self._ours(getattr(payload, "output_path", None))
-        log_path = self._ours(getattr(payload, "log_path", None))
-        files, excluded = collect_outputs(Path(output_path)) if output_path else ({}, [])
+    async def _fetch(self, payload, work: Path) -> tuple[Path | None, Path | None]:
+        """The run's outputs and log, from the store into this service's own folder."""
+        outputs = getattr(payload, "outputs", None)
+        job_log = getattr(payload, "log", None)
+        output = log_path = None
+        if outputs:
+            output = work / "output"
+            await get_tree(self.store, outputs, output)
+        if job_log:
+            log_path = work / "job.log"
+            await self.store.get_file(job_log, log_path)
+        return output, log_path
+
+    def _publish(
+        self, push: PushReceived, view: RunView, output: Path | None, log_path: Path | None
+    ) -> ResultsPublished:
+        files, excluded = collect_outputs(output) if output else ({}, [])
         content: dict[str, Path | Beneath | bytes] = dict(files)
-        if log_path and Path(log_path).is_file():
-            content["secd-run.log"] = Path(log_path)
+        if log_path is not None:
+            content["secd-run.log"] = log_path
             # The job's output never enters the audit log; its tail is read here, for the
             # researcher's summary only.
-            view.log_tail = view.log_tail or log_tail(Path(log_path))
+            view.log_tail = view.log_tail or log_tail(log_path)
         manifest = {
             "run_id": view.run_id,
             "outcome": view.outcome,
@@ -191,6 +207,6 @@ async def setup(config: Config, bus: EventBus):
         bus, forge, config.forge.results_prefix, accounts=config.forge.accounts
     )
     return {
-        "publisher": Publisher(config, bus, forge).on_ended,
+        "publisher": Publisher(config, bus, forge, artifact_store(config, bus.js)).on_ended,
         "publisher-status": statuses.on_event,
     }

@@ -148,7 +148,14 @@ class Relay:
         if self._server is not None:
             raise RuntimeError("relay already started")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        # A Unix socket's address is at most 107 bytes; a deep state folder's path can be
+        # longer, so bind through the folder's descriptor (a short /proc/self/fd path).
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            address = f"/proc/self/fd/{folder}/{self.path.name}"
+            self._server = await asyncio.start_unix_server(self._handle, path=address)
+        finally:
+            os.close(folder)
         # Until these two calls the file is root-owned and not writable by others, so no
         # process can slip in a connection with the wrong identity in between.
         os.chown(self.path, self.uid, self.uid)
