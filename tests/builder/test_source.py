@@ -23,6 +23,7 @@ def export_source(repo: Path, commit: str, dest: Path) -> Path:
     extract(archive, dest, links="inside")
     return dest
 
+
 GIT_ENV = {
     "PATH": os.environ["PATH"],
     "HOME": "/nonexistent",
