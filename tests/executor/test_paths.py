@@ -1,30 +1,43 @@
-"""Zero trust between services: the executor uses paths from an event only where they belong."""
+"""Zero trust: no event names a host path, and what a job can touch is reached without links."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
-from secd_executor.bwrap import below as _below
+from secd_shared import events
 from secd_shared.safepath import Beneath, PathRefused, open_beneath
-from secd_shared.worker import PermanentError
 
 
-def test_paths_inside_their_folder_become_root_and_parts(tmp_path):
-    (tmp_path / "work" / "r1").mkdir(parents=True)
-    below = _below(str(tmp_path / "work" / "r1" / "src"), tmp_path / "work", "source")
-    assert below == Beneath(tmp_path / "work", ("r1", "src"))
+def test_no_event_carries_a_host_path():
+    # Every field of every payload, nested structs included: none is a path of some machine
+    # (mount_path is the researcher's path *inside* the sandbox, a secd.yml key).
+    seen = set()
+
+    def fields(struct) -> None:
+        for field in msgspec.structs.fields(struct):
+            seen.add(field.name)
+            kind = getattr(field.type, "__struct_fields__", None)
+            if kind is not None:
+                fields(field.type)
+
+    for name in dir(events):
+        obj = getattr(events, name)
+        if isinstance(obj, type) and issubclass(obj, msgspec.Struct) and obj is not msgspec.Struct:
+            fields(obj)
+    assert {"env_path", "source_path", "output_path", "log_path"} & seen == set()
+    assert [f for f in seen if f.endswith("path") and f != "mount_path"] == []
 
 
-@pytest.mark.parametrize("path", ["/", "/etc", "work/../elsewhere", "work/r1/../../x", "work"])
-def test_a_forged_path_fails_the_run(tmp_path, path):
-    (tmp_path / "work").mkdir()
-    with pytest.raises(PermanentError, match="source is not where secd keeps them"):
-        _below(str(tmp_path / path), tmp_path / "work", "source")
+@pytest.mark.parametrize("relative", ["../elsewhere", "/etc", "", "a/../../x"])
+def test_a_path_that_leaves_its_root_is_refused(tmp_path, relative):
+    with pytest.raises(PathRefused):
+        Beneath.of(tmp_path, relative)
 
 
 def test_a_symlink_below_the_folder_is_never_followed(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "link").symlink_to("/etc")
-    below = _below(str(tmp_path / "work" / "link"), tmp_path / "work", "cache_dir")
+    below = Beneath.of(tmp_path / "work", "link")
     with pytest.raises(PathRefused, match="link"):
         open_beneath(below.root, list(below.relative))
