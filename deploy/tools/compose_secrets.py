@@ -50,6 +50,10 @@ host = "0.0.0.0"
 port = 8740
 token_file = "/etc/secd/hook-token"
 
+[forge]
+# The embedded forge's repositories: a volume of their own (compose.yaml `forge`).
+root = "/var/lib/secd-forge"
+
 [identity]
 groups_file = "/etc/secd/groups.toml"
 
