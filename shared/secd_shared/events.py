@@ -60,7 +60,8 @@ class RunSpec(Struct, frozen=True, kw_only=True):
     runfor: float = 3.0
     gpu: int = 0
     cache_dir: str | None = None
-    mount_path: str = "/cache"
+    # Where the cache appears inside the sandbox (secd.yml's mount point key; never a host folder).
+    cache_mount: str = "/cache"
     command: list[str] = msgspec.field(default_factory=lambda: ["python", "main.py"])
     database: str | None = None
     # What the project asked for (`limits:`); the executor fills in the site's defaults.

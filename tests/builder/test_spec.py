@@ -24,7 +24,7 @@ def test_empty_gives_defaults(text):
     assert spec.runfor == 3.0
     assert spec.gpu == 0
     assert spec.cache_dir is None
-    assert spec.mount_path == "/cache"
+    assert spec.cache_mount == "/cache"
     assert spec.command == ["python", "main.py"]
     assert spec.database is None
 
@@ -42,7 +42,7 @@ def test_full_spec():
         runfor=0.1,
         gpu=2,
         cache_dir="models/bert",
-        mount_path="/data/cache",
+        cache_mount="/data/cache",
         command=["python", "-m", "train", "--epochs", "3"],
         database="cohort_2024",
     )
@@ -130,7 +130,7 @@ def test_cache_dir_bad(value, says):
     ("value", "stored"), [("/cache", "/cache"), ("/data//x/", "/data/x"), ("/scratch", "/scratch")]
 )
 def test_mount_path_good(value, stored):
-    assert parse_spec(f"mount_path: {value}").mount_path == stored
+    assert parse_spec(f"mount_path: {value}").cache_mount == stored
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,7 @@ def parse_spec(
     if "cache_dir" in data:
         fields["cache_dir"] = _cache_dir(data["cache_dir"])
     if "mount_path" in data:
-        fields["mount_path"] = _mount_path(data["mount_path"])
+        fields["cache_mount"] = _mount_path(data["mount_path"])
     if "command" in data:
         fields["command"] = _command(data["command"])
     if "database" in data:

@@ -157,7 +157,7 @@ class RuntimeExecutor:
             runfor_h=spec.runfor,
             gpu=spec.gpu,
             cache_dir=spec.cache_dir,
-            mount_path=spec.mount_path,
+            mount_path=spec.cache_mount,
             output_dir=run_dir / "output",
             log_path=run_dir / "job.log",
             image=plan.image,
