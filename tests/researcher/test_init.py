@@ -60,7 +60,12 @@ def test_writes_the_starter_files(tmp_path: Path, bare_git: dict[str, str]) -> N
     assert "wrote secd.yml, main.py, requirements.txt, .gitignore" in done.stdout
     # The commented secd.yml is one the builder accepts, with the values it documents.
     spec = parse_spec((target / "secd.yml").read_text())
-    assert (spec.runfor, spec.gpu, spec.cache_dir, spec.cache_mount) == (1.0, 0, "example", "/cache")
+    assert (spec.runfor, spec.gpu, spec.cache_dir, spec.cache_mount) == (
+        1.0,
+        0,
+        "example",
+        "/cache",
+    )
     assert spec.command == ["python", "main.py"]
     assert ".secd-cache/" in (target / ".gitignore").read_text().splitlines()
 
