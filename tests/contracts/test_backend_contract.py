@@ -19,6 +19,8 @@ check, Neo4j's statement shapes, hostile input end to end) stays in tests/creden
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -202,6 +204,15 @@ class BackendContract:
         assert account not in await backend.accounts()
         await backend.revoke(account)
         await backend.revoke(harness.new_account())  # never issued
+
+    async def test_revocations_of_one_account_at_once_all_succeed(self, harness: Harness) -> None:
+        # The run's end and the sweeper (here or on another replica) may revoke together.
+        backend = harness.backend
+        accounts = [harness.new_account() for _ in range(5)]
+        for account in accounts:
+            await backend.issue(account, new_password(), [harness.granted], expires_at=expiry())
+        await asyncio.gather(*(backend.revoke(a) for a in accounts for _ in range(4)))
+        assert not set(accounts) & set(await backend.accounts())
 
     async def test_accounts_lists_what_secd_issued_until_revoked(self, harness: Harness) -> None:
         backend = harness.backend

@@ -37,6 +37,8 @@ _READABLE = {"r": "table", "p": "table", "v": "view", "m": "view"}
 _KINDS = {"S": "sequence", "i": "index", "I": "index", "c": "type", "f": "foreign table"}
 _VERIFIER = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 _TERMINATE_WAIT_S = 5.0
+# The first key of the advisory lock that serialises revocations of one account (ASCII "secd").
+_REVOKE_LOCK = 0x73656364
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 # Large objects are storage any role may create by default: a write path into the database.
 _LARGE_OBJECT_CREATORS = (
@@ -368,23 +370,33 @@ class PostgresBackend:
         pool = await self._get_pool()
         try:
             async with pool.acquire() as conn:
-                oid = await conn.fetchval(
-                    "SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", account
-                )
-                if oid is None:
-                    return
-                # Committed on its own first, so no new session can start while old ones end.
-                await conn.execute(f"ALTER ROLE {role} NOLOGIN")
-                await self._terminate(conn, account, oid)
-                async with conn.transaction():
-                    if await conn.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1", oid):
-                        await conn.execute(f"DROP OWNED BY {role}")
-                        await conn.execute(f"DROP ROLE IF EXISTS {role}")
-                # A session that slipped in between is keyed by oid, which outlives the name.
-                await self._terminate(conn, account, oid)
+                # The run's end and the sweeper (of this replica or another) may revoke the same
+                # account at once; PostgreSQL then fails one ALTER/DROP ROLE with "tuple
+                # concurrently updated". A session lock on the name makes them take turns.
+                await conn.execute("SELECT pg_catalog.pg_advisory_lock($1, hashtext($2))",
+                                   _REVOKE_LOCK, account)  # fmt: skip
+                try:
+                    await self._revoke_locked(conn, account, role)
+                finally:
+                    await conn.execute("SELECT pg_catalog.pg_advisory_unlock($1, hashtext($2))",
+                                       _REVOKE_LOCK, account)  # fmt: skip
         except _DB_ERRORS as exc:
             raise BackendError(f"revoking {account} failed: {type(exc).__name__}: {exc}") from None
         log.info("revoked postgres account", extra={"account": account})
+
+    async def _revoke_locked(self, conn: asyncpg.Connection, account: str, role: str) -> None:
+        oid = await conn.fetchval("SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", account)
+        if oid is None:
+            return
+        # Committed on its own first, so no new session can start while old ones end.
+        await conn.execute(f"ALTER ROLE {role} NOLOGIN")
+        await self._terminate(conn, account, oid)
+        async with conn.transaction():
+            if await conn.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1", oid):
+                await conn.execute(f"DROP OWNED BY {role}")
+                await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        # A session that slipped in between is keyed by oid, which outlives the name.
+        await self._terminate(conn, account, oid)
 
     async def _terminate(self, conn: asyncpg.Connection, account: str, oid: int) -> None:
         # Signal every session at once, then poll: pg_terminate_backend's own timeout waits in
