@@ -20,7 +20,6 @@ check, Neo4j's statement shapes, hostile input end to end) stays in tests/creden
 from __future__ import annotations
 
 import asyncio
-
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
