@@ -204,13 +204,22 @@ class BackendContract:
         await backend.revoke(account)
         await backend.revoke(harness.new_account())  # never issued
 
-    async def test_revocations_of_one_account_at_once_all_succeed(self, harness: Harness) -> None:
+    async def test_issues_and_revocations_at_once_all_succeed(self, harness: Harness) -> None:
         # The run's end and the sweeper (here or on another replica) may revoke together.
+        # Other runs' accounts are issued and revoked at the same time: grants of different
+        # accounts change the same catalog rows.
         backend = harness.backend
-        accounts = [harness.new_account() for _ in range(5)]
-        for account in accounts:
+        accounts = [harness.new_account() for _ in range(10)]
+        first, second = accounts[:5], accounts[5:]
+
+        async def issue(account: str) -> None:
             await backend.issue(account, new_password(), [harness.granted], expires_at=expiry())
-        await asyncio.gather(*(backend.revoke(a) for a in accounts for _ in range(4)))
+
+        await asyncio.gather(*map(issue, first))
+        await asyncio.gather(
+            *(backend.revoke(a) for a in first for _ in range(4)), *map(issue, second)
+        )
+        await asyncio.gather(*map(backend.revoke, second))
         assert not set(accounts) & set(await backend.accounts())
 
     async def test_accounts_lists_what_secd_issued_until_revoked(self, harness: Harness) -> None:

@@ -538,7 +538,9 @@ async def test_postgres_hostile_groups_run_only_the_intended_statements(
         rf'GRANT USAGE ON SCHEMA "public" TO {role}',
         rf'GRANT SELECT ON TABLE "public"\."(patients|patient_names)" TO {role}',
         r"SELECT n\.nspname::text AS schema, c\.relname::text AS name, c\.relkind::text AS kind .*",
-        # Revoke.
+        # Revoke, one revocation of the account at a time.
+        r"SELECT pg_catalog\.pg_advisory_(un)?lock\(\$1, hashtext\(\$2\)\)",
+        r"SELECT pg_catalog\.pg_advisory_xact_lock\(\$1, 0\)",
         r"SELECT oid FROM pg_catalog\.pg_roles WHERE rolname = \$1",
         rf"ALTER ROLE {role} NOLOGIN",
         r"SELECT pid FROM pg_catalog\.pg_stat_activity"

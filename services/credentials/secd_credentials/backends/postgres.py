@@ -37,8 +37,13 @@ _READABLE = {"r": "table", "p": "table", "v": "view", "m": "view"}
 _KINDS = {"S": "sequence", "i": "index", "I": "index", "c": "type", "f": "foreign table"}
 _VERIFIER = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 _TERMINATE_WAIT_S = 5.0
-# The first key of the advisory lock that serialises revocations of one account (ASCII "secd").
-_REVOKE_LOCK = 0x73656364
+# Advisory lock classes (first keys): revocations of one account take turns (the second key is
+# the name's hash); every change to grants takes turns too (second key 0), because GRANT and DROP
+# OWNED rewrite the same catalog rows (the database's and the schema's ACL) for every account, and
+# PostgreSQL fails one of two at once with "tuple concurrently updated".
+_ACCOUNT_LOCK = 0x73656364
+_GRANTS_LOCK = 0x73656365
+_GRANTS_TURN = "SELECT pg_catalog.pg_advisory_xact_lock($1, 0)"
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 # Large objects are storage any role may create by default: a write path into the database.
 _LARGE_OBJECT_CREATORS = (
@@ -172,6 +177,7 @@ class PostgresBackend:
         database = quote_ident(self.settings.database)
         try:
             async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(_GRANTS_TURN, _GRANTS_LOCK)
                 await conn.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {database} FROM PUBLIC")
                 # Already so on PostgreSQL 15 and later; older servers let PUBLIC create here.
                 await conn.execute(f"REVOKE CREATE ON SCHEMA {quote_ident(SCHEMA)} FROM PUBLIC")
@@ -247,6 +253,7 @@ class PostgresBackend:
         try:
             async with pool.acquire() as conn, conn.transaction():
                 # One transaction: a crash part-way leaves no half-made role behind.
+                await conn.execute(_GRANTS_TURN, _GRANTS_LOCK)
                 found = await conn.fetch(
                     "SELECT c.relname::text AS name, c.relkind::text AS kind"
                     " FROM pg_catalog.pg_class c"
@@ -374,12 +381,12 @@ class PostgresBackend:
                 # account at once; PostgreSQL then fails one ALTER/DROP ROLE with "tuple
                 # concurrently updated". A session lock on the name makes them take turns.
                 await conn.execute("SELECT pg_catalog.pg_advisory_lock($1, hashtext($2))",
-                                   _REVOKE_LOCK, account)  # fmt: skip
+                                   _ACCOUNT_LOCK, account)  # fmt: skip
                 try:
                     await self._revoke_locked(conn, account, role)
                 finally:
                     await conn.execute("SELECT pg_catalog.pg_advisory_unlock($1, hashtext($2))",
-                                       _REVOKE_LOCK, account)  # fmt: skip
+                                       _ACCOUNT_LOCK, account)  # fmt: skip
         except _DB_ERRORS as exc:
             raise BackendError(f"revoking {account} failed: {type(exc).__name__}: {exc}") from None
         log.info("revoked postgres account", extra={"account": account})
@@ -392,6 +399,7 @@ class PostgresBackend:
         await conn.execute(f"ALTER ROLE {role} NOLOGIN")
         await self._terminate(conn, account, oid)
         async with conn.transaction():
+            await conn.execute(_GRANTS_TURN, _GRANTS_LOCK)
             if await conn.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1", oid):
                 await conn.execute(f"DROP OWNED BY {role}")
                 await conn.execute(f"DROP ROLE IF EXISTS {role}")
