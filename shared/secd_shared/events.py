@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from datetime import UTC, datetime
 
 import msgspec
@@ -17,6 +16,9 @@ from msgspec import Struct
 
 from secd_shared.dbkind import DbKind
 from secd_shared.limits import RequestedLimits
+
+# new_run_id lives in runid.py; it stays importable from here, where callers found it first.
+from secd_shared.runid import new_run_id
 
 __all__ = [
     "EVENT_TYPES",
@@ -287,12 +289,6 @@ def type_token(event_type: str) -> str:
 def subject_for(run_id: str, event_type: str) -> str:
     """The subject an event of a run is published on."""
     return f"secd.run.{run_id}.{type_token(event_type)}"
-
-
-def new_run_id() -> str:
-    """A new run id: time-ordered, 20 characters of [0-9a-z], safe in subjects and SQL names."""
-    millis = int(time.time() * 1000)
-    return f"r{millis:011x}{secrets.token_hex(4)}"
 
 
 def event_hash(data: bytes) -> str:

@@ -12,16 +12,16 @@ import hmac
 import re
 import secrets
 
+from secd_shared.runid import parse_run_id
+
 __all__ = [
     "ACCOUNT_PATTERN",
-    "RUN_ID_PATTERN",
     "account_name",
     "mysql_native_hash",
     "new_password",
     "scram_sha256_verifier",
 ]
 
-RUN_ID_PATTERN = re.compile(r"r[0-9a-f]{19}")
 # What backends accept as an account name: short enough for every server, nothing to escape.
 ACCOUNT_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,31}")
 ACCOUNT_PREFIX = "secd_"
@@ -31,9 +31,7 @@ SCRAM_SALT_BYTES = 16  # PostgreSQL's own default salt length
 
 def account_name(run_id: str) -> str:
     """The database account of a run: ``secd_<run_id>``; ValueError for a malformed run id."""
-    if not isinstance(run_id, str) or RUN_ID_PATTERN.fullmatch(run_id) is None:
-        raise ValueError(f"not a run id (r + 19 lowercase hex digits): {run_id!r}")
-    return ACCOUNT_PREFIX + run_id
+    return ACCOUNT_PREFIX + parse_run_id(run_id)
 
 
 def new_password() -> str:

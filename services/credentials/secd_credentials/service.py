@@ -28,6 +28,7 @@ from secd_shared.events import (
     CredentialsRevokeFailed,
     new_event,
 )
+from secd_shared.runid import parse_run_id, run_created_at
 from secd_shared.sealing import seal
 from secd_shared.service import producer_for
 from secd_shared.worker import PermanentError, TransientError
@@ -231,12 +232,11 @@ def _first(run: list[StoredEvent], event_type: str) -> StoredEvent | None:
 
 
 def _run_age_s(run_id: str, now: datetime) -> float:
-    """Seconds since the run was created, from the time its id carries."""
+    """Seconds since the run was created, from the time its id carries (inf for a bad id)."""
     try:
-        created_ms = int(run_id[1:12], 16)
+        return (now - run_created_at(parse_run_id(run_id))).total_seconds()
     except ValueError:
         return float("inf")
-    return now.timestamp() - created_ms / 1000
 
 
 def _refusals(refused) -> str:

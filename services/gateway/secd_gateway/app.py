@@ -26,6 +26,7 @@ from secd_shared.events import TERMINAL_TYPES, PushReceived
 from secd_shared.forge import ForgeError, check_pushed_commit, validate_repository_name
 from secd_shared.logscan import LogReadError
 from secd_shared.pushes import PushRegister, UnknownPusher, researcher_of
+from secd_shared.runid import parse_run_id
 from secd_shared.service import producer_for
 from secd_shared.tail import text_tail
 
@@ -38,7 +39,6 @@ log = logging.getLogger("secd.gateway")
 # Matched with fullmatch only: `$` in a pattern lets a trailing newline through.
 _SHA = re.compile(r"[0-9a-f]{40}")
 _ACCOUNT = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-_RUN_ID = re.compile(r"r[0-9a-f]{19}")
 ZERO = "0" * 40
 
 
@@ -175,7 +175,7 @@ def create_app(
     @app.get("/runs/{run_id}", dependencies=readers)
     async def show_run(run_id: str) -> Response:
         """One run: its state, stage timings, outcome and events."""
-        if not _RUN_ID.fullmatch(run_id):
+        if not _is_run_id(run_id):
             raise HTTPException(404, "no such run")
         try:
             view = await projection.view(run_id)
@@ -193,7 +193,7 @@ def create_app(
     @app.get("/runs/{run_id}/logs", dependencies=readers)
     async def run_logs(run_id: str, follow: bool = False) -> StreamingResponse:
         """The job's output; with follow=true it keeps streaming until the run has ended."""
-        if not _RUN_ID.fullmatch(run_id) or not await bus.read_run(run_id):
+        if not _is_run_id(run_id) or not await bus.read_run(run_id):
             raise HTTPException(404, "no such run")
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -228,3 +228,11 @@ def read_token(config: Config, file: str | None = None) -> str:
     if len(token) < 16:
         raise ValueError(f"{path} holds a token shorter than 16 characters")
     return token
+
+
+def _is_run_id(text: str) -> bool:
+    try:
+        parse_run_id(text)
+    except ValueError:
+        return False
+    return True
