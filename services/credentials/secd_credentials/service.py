@@ -20,6 +20,7 @@ from secd_credentials.groups import grants_for
 from secd_credentials.identity import IdentityError, NoIdentity, make_identity
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
+from secd_shared.durations import hours_to_s
 from secd_shared.events import (
     TERMINAL_TYPES,
     BuildSucceeded,
@@ -51,7 +52,7 @@ class Credentials:
         self.identity = make_identity(config)
         self.producer = producer_for("credentials")
         # An account with no credentials.issued this old cannot belong to a run in progress.
-        self.orphan_after_s = config.builder.max_runfor_h * 3600 + config.builder.timeout_s
+        self.orphan_after_s = hours_to_s(config.builder.max_runfor_h) + config.builder.timeout_s
         self.backends: dict[str, Backend] = (
             dict(backends)
             if backends is not None
@@ -87,7 +88,7 @@ class Credentials:
                 f"(groups look like {backend.kind}-<table>-read); ask your project administrator"
                 + _refusals(refused)
             )
-        runfor_s = built.plan.spec.runfor * 3600
+        runfor_s = hours_to_s(built.plan.spec.runfor)
         expires_at = datetime.now(UTC) + timedelta(seconds=runfor_s + self.settings.grace_s)
         account = account_name(event.run_id)
         password = new_password()

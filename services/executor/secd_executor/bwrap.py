@@ -256,7 +256,7 @@ class BwrapRuntime:
             db_socket=Beneath(run_dir, (socket_path.name,)),
             db_port=request.db_port,
             environment=environment,
-            timeout_s=request.runfor_h * 3600,
+            timeout_s=request.runfor_s,
             uid=run.uid.uid,
             limits=request.limits,
             cgroups=self.cgroups,

@@ -38,6 +38,7 @@ from pathlib import Path
 from secd_executor.outputs import unpack_outputs
 from secd_executor.runtime import RunOutcome, RunRequest
 from secd_shared.config import Config, KubernetesRunConfig
+from secd_shared.durations import hours_to_s
 from secd_shared.kube import (
     Conflict,
     Kube,
@@ -218,7 +219,7 @@ class KubernetesExecutor:
             "spec": {
                 "suspend": True,
                 "backoffLimit": 0,
-                "activeDeadlineSeconds": max(1, math.ceil(request.runfor_h * 3600)),
+                "activeDeadlineSeconds": max(1, math.ceil(request.runfor_s)),
                 "ttlSecondsAfterFinished": self.s.ttl_after_finished_s,
                 "template": {
                     "metadata": {"labels": _labels(request.run_id, "job")},
@@ -421,7 +422,7 @@ class KubernetesExecutor:
             log.info("job %s released", name, extra={"run_id": request.run_id})
         follower: _LogFollower | None = None
         # The Job's own deadline ends it; this one only guards against a silent API.
-        guard = math.ceil(request.runfor_h * 3600) + self.s.collect_timeout_s + 300
+        guard = math.ceil(request.runfor_s) + self.s.collect_timeout_s + 300
         try:
             while True:
                 job, pods = await asyncio.to_thread(self._job_and_pods, request.run_id)
@@ -561,7 +562,7 @@ class KubernetesExecutor:
         """
         now = now or datetime.now(UTC)
         grace = self.s.reap_grace_s
-        max_age = self.max_runfor_h * 3600 + self.s.collect_timeout_s + grace
+        max_age = hours_to_s(self.max_runfor_h) + self.s.collect_timeout_s + grace
         selector = f"app.kubernetes.io/managed-by={MANAGED_BY},secd.io/run"
         removed: list[str] = []
         live: set[str] = set()

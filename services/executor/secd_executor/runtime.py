@@ -27,6 +27,7 @@ from secd_shared.artifacts import ArtifactStore, put_tree
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
 from secd_shared.dbkind import DbKind, default_port
+from secd_shared.durations import hours_to_s
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
 from secd_shared.limits import Limits, LimitsConfig, resolve_limits
 from secd_shared.sealing import load_private_key, unseal
@@ -55,7 +56,7 @@ class RunRequest:
     db_user: str
     # Secret values reach the job only through the runtime's secret store, never its spec.
     db_password: str = field(repr=False)
-    runfor_h: float
+    runfor_h: float  # as in secd.yml; runfor_s is what runtimes use
     gpu: int
     cache_dir: str | None
     mount_path: str
@@ -72,6 +73,11 @@ class RunRequest:
     source: str = ""
     # What the run may use (the site's defaults, the project's secd.yml, the site's maximum).
     limits: Limits = DEFAULT_LIMITS
+
+    @property
+    def runfor_s(self) -> float:
+        """How long the job may run, in seconds."""
+        return hours_to_s(self.runfor_h)
 
 
 @dataclass(frozen=True)

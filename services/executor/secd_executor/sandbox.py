@@ -40,6 +40,7 @@ from pathlib import Path
 from secd_executor.cgroups import Cgroups, RunCgroup, detect_cgroups
 from secd_executor.interpreter import interpreter, overlaps
 from secd_executor.quota import DiskWatch
+from secd_shared.durations import hours_to_s
 from secd_shared.limits import Limits, LimitsConfig, format_size
 from secd_shared.safepath import Beneath, PathRefused, chown_tree, open_beneath
 
@@ -152,7 +153,7 @@ class SandboxSpec:
     db_socket: Source | None = None
     db_port: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
-    timeout_s: float = 3 * 3600
+    timeout_s: float = hours_to_s(3.0)  # RunSpec's default runfor
     uid: int = 65534
     limits: Limits = DEFAULT_LIMITS
     # The job's log counts towards the disk limit (the executor writes it; the job fills it).

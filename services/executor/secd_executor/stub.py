@@ -70,7 +70,7 @@ class StubRuntime:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         if job.times_out:
-            outcome = RunOutcome(exit_code=-9, duration_s=request.runfor_h * 3600, timed_out=True)
+            outcome = RunOutcome(exit_code=-9, duration_s=request.runfor_s, timed_out=True)
         else:
             outcome = RunOutcome(exit_code=job.exit_code, duration_s=job.runs_s)
         self._outcomes[request.run_id] = outcome
