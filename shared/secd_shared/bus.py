@@ -26,17 +26,33 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from secd_shared.config import NatsConfig
-from secd_shared.events import Event, decode_event, encode_event, subject_for
+from secd_shared.events import REPEATABLE_TYPES, Event, decode_event, encode_event, subject_for
+from secd_shared.secret import reveal
 
-__all__ = ["LOG_STREAM", "EventBus", "StoredEvent", "connect", "log_subject"]
+__all__ = [
+    "LOG_STREAM",
+    "LOG_VIEW_STREAM",
+    "EventBus",
+    "StoredEvent",
+    "connect",
+    "log_subject",
+    "log_view_subject",
+]
 
 # Job output: researcher data, kept apart from the audit log with a retention of its own.
 LOG_STREAM = "SECD_LOGS"
+# The job output the researcher may see: every line through the airlock's line checks first.
+LOG_VIEW_STREAM = "SECD_LOGVIEW"
 
 
 def log_subject(run_id: str) -> str:
     """The subject a run's job output is written to."""
     return f"secd.log.{run_id}"
+
+
+def log_view_subject(run_id: str) -> str:
+    """The subject a run's checked job output (the live log researchers follow) is written to."""
+    return f"secd.logview.{run_id}"
 
 
 log = logging.getLogger("secd.bus")
@@ -81,7 +97,7 @@ async def connect(config: NatsConfig, name: str) -> Client:
                 [url.strip() for url in config.url.split(",")],
                 name=name,
                 user=config.user,
-                password=config.password,
+                password=reveal(config.password),
                 inbox_prefix=f"_INBOX_{user}",
                 connect_timeout=config.connect_timeout_s,
                 max_reconnect_attempts=-1,
@@ -112,10 +128,17 @@ class EventBus:
         says which event this is, e.g. `push.<key>` for a push (see secd_shared.pushes).
         """
         data = encode_event(event)
-        headers = {
-            "Nats-Msg-Id": msg_id or f"{event.run_id}.{event.type}",
-            "Nats-Expected-Last-Subject-Sequence": "0",
-        }
+        if event.type in REPEATABLE_TYPES:
+            # Several per run: the id the writer derives from the content keeps a retry from
+            # writing a second copy (within the stream's duplicate window).
+            if msg_id is None:
+                raise ValueError(f"{event.type} is repeatable: give it a msg_id from its content")
+            headers = {"Nats-Msg-Id": msg_id}
+        else:
+            headers = {
+                "Nats-Msg-Id": msg_id or f"{event.run_id}.{event.type}",
+                "Nats-Expected-Last-Subject-Sequence": "0",
+            }
         subject = subject_for(event.run_id, event.type)
         try:
             ack = await self.store(subject, data, headers=headers, timeout=timeout)

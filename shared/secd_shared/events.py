@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 from msgspec import Struct
@@ -22,26 +23,41 @@ from secd_shared.runid import new_run_id
 
 __all__ = [
     "EVENT_TYPES",
+    "OUTPUT_KINDS",
+    "REPEATABLE_TYPES",
     "TERMINAL_TYPES",
     "BuildSucceeded",
+    "CheckResult",
+    "CheckedFile",
     "CredentialsIssued",
     "CredentialsRevokeFailed",
     "CredentialsRevoked",
     "DatabaseAddress",
+    "DeclaredOutput",
     "Event",
     "EventDecodeError",
+    "HeldFile",
+    "OutputKind",
+    "OutputsChecked",
+    "OutputsHeld",
+    "OutputsReleased",
+    "OutputsWithheld",
     "Payload",
     "Producer",
     "PushReceived",
     "PushVerified",
     "Refusal",
+    "ReleasedFile",
     "ResultsPublished",
+    "ReviewRecorded",
     "RunFailed",
     "RunFinished",
     "RunPlan",
     "RunRejected",
     "RunSpec",
     "RunStarted",
+    "Verdict",
+    "WithheldFile",
     "decode_event",
     "encode_event",
     "event_hash",
@@ -56,6 +72,19 @@ class Payload(Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every payload; the tag is the event type, e.g. ``push.received``."""
 
 
+OutputKind = Literal["table", "counts", "figure", "text", "metrics", "model"]
+OUTPUT_KINDS: tuple[str, ...] = ("table", "counts", "figure", "text", "metrics", "model")
+Verdict = Literal["pass", "review", "block"]
+
+
+class DeclaredOutput(Struct, frozen=True, kw_only=True):
+    """One entry of secd.yml's `outputs:`: files the job means to release, and what they are."""
+
+    path: str  # a glob relative to OUTPUT_PATH, e.g. "counts/*.csv"
+    kind: OutputKind
+    description: str = ""
+
+
 class RunSpec(Struct, frozen=True, kw_only=True):
     """The researcher's `secd.yml`, validated: how long, with what, from where."""
 
@@ -68,6 +97,8 @@ class RunSpec(Struct, frozen=True, kw_only=True):
     database: str | None = None
     # What the project asked for (`limits:`); the executor fills in the site's defaults.
     limits: RequestedLimits | None = None
+    # secd.yml's `outputs:`; a file the job writes that matches none is never released.
+    outputs: list[DeclaredOutput] = msgspec.field(default_factory=list)
 
 
 class RunPlan(Struct, frozen=True, kw_only=True):
@@ -217,6 +248,97 @@ class ResultsPublished(Payload, tag="results.published"):
     files: list[str]
 
 
+class CheckResult(Struct, frozen=True, kw_only=True):
+    """One automatic check of one output: its name, version, verdict and evidence in words.
+
+    Evidence names what was found (counts, columns, tables, the check's figures), never a value
+    of the data: the audit log is read by people the data must not reach either.
+    """
+
+    name: str
+    version: int
+    verdict: Verdict
+    evidence: str = ""
+
+
+class CheckedFile(Struct, frozen=True, kw_only=True):
+    """An output file as the airlock saw it; `sha256` names it in reviews and releases."""
+
+    path: str  # relative to the outputs; a name that failed its checks is shown as "(withheld)"
+    size: int
+    sha256: str
+    kind: str  # the declared kind, or "undeclared"
+    checks: list[CheckResult]
+    verdict: Verdict
+    # What a release needs: "automatic", "review" (two officers), "override" (two, with reasons).
+    route: str
+
+
+class OutputsChecked(Payload, tag="outputs.checked"):
+    """airlock: every output and the job log went through the automatic checks."""
+
+    files: list[CheckedFile]
+    log: list[CheckResult]
+    # The job log with the lines that failed a check replaced by markers (an artifact).
+    redacted_log: str = ""
+    undeclared: int = 0
+    verdict: Verdict = "pass"
+
+
+class HeldFile(Struct, frozen=True, kw_only=True):
+    sha256: str
+    path: str
+    route: str
+    reason: str
+
+
+class OutputsHeld(Payload, tag="outputs.held"):
+    """airlock: these files stay on the secure side until security officers decide."""
+
+    files: list[HeldFile]
+
+
+class ReleasedFile(Struct, frozen=True, kw_only=True):
+    path: str
+    sha256: str
+    # The released content (an artifact): the file itself, or an image re-encoded without its
+    # metadata chunks.
+    artifact: str
+
+
+class OutputsReleased(Payload, tag="outputs.released"):
+    """airlock: these files (and the redacted log) may go to the researcher. Repeatable: the
+    first release comes with the checks, later ones follow officers' decisions."""
+
+    files: list[ReleasedFile]
+    log: str = ""  # the redacted job log (an artifact), in the first release
+    by: list[str] = msgspec.field(default_factory=list)  # officers; empty: automatic
+    first: bool = False
+
+
+class WithheldFile(Struct, frozen=True, kw_only=True):
+    sha256: str
+    path: str
+    reason: str
+
+
+class OutputsWithheld(Payload, tag="outputs.withheld"):
+    """airlock: officers decided these files never leave."""
+
+    files: list[WithheldFile]
+    by: list[str]
+
+
+class ReviewRecorded(Payload, tag="review.recorded"):
+    """gateway: a security officer's decision on one held file. Repeatable (one per officer
+    and file)."""
+
+    officer: str
+    sha256: str
+    decision: Literal["approve", "reject"]
+    reason: str
+
+
 AnyPayload = (
     PushReceived
     | PushVerified
@@ -229,6 +351,11 @@ AnyPayload = (
     | CredentialsRevoked
     | CredentialsRevokeFailed
     | ResultsPublished
+    | OutputsChecked
+    | OutputsHeld
+    | OutputsReleased
+    | OutputsWithheld
+    | ReviewRecorded
 )
 
 EVENT_TYPES: tuple[str, ...] = tuple(
@@ -245,8 +372,15 @@ EVENT_TYPES: tuple[str, ...] = tuple(
         CredentialsRevoked,
         CredentialsRevokeFailed,
         ResultsPublished,
+        OutputsChecked,
+        OutputsHeld,
+        OutputsReleased,
+        OutputsWithheld,
+        ReviewRecorded,
     )
 )
+# Written more than once per run; the writer gives each a message id from its content.
+REPEATABLE_TYPES: tuple[str, ...] = ("outputs.released", "review.recorded")
 # After one of these nothing more runs for the run; credentials revoke, the publisher publishes.
 TERMINAL_TYPES: tuple[str, ...] = ("run.finished", "run.failed", "run.rejected")
 

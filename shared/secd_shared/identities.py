@@ -11,12 +11,19 @@ import json
 from dataclasses import dataclass
 
 from secd_shared.artifacts import ARTIFACT_BUCKET
-from secd_shared.bus import LOG_STREAM
+from secd_shared.bus import LOG_STREAM, LOG_VIEW_STREAM
 from secd_shared.events import type_token
 from secd_shared.integrity import CHECKPOINT_STREAM, checkpoint_subject
 from secd_shared.pushes import PUSH_BUCKET, PUSH_STREAM
 
-__all__ = ["BOOTSTRAP_USER", "CONSUMERS", "IDENTITIES", "Identity", "nats_server_config"]
+__all__ = [
+    "BOOTSTRAP_USER",
+    "CONSUMERS",
+    "IDENTITIES",
+    "LOG_CONSUMERS",
+    "Identity",
+    "nats_server_config",
+]
 
 BOOTSTRAP_USER = "secd-admin"
 
@@ -28,9 +35,12 @@ class Identity:
     publishes: tuple[str, ...]
     consumers: tuple[str, ...] = ()
     reads_log: bool = False
-    # Job output lives in its own stream: the executor writes it, the gateway serves it.
+    # Job output lives in its own stream: the executor writes it, the airlock reads it (its
+    # consumers of SECD_LOGS) and writes the checked copy that the gateway serves.
     writes_job_logs: bool = False
-    reads_job_logs: bool = False
+    log_consumers: tuple[str, ...] = ()
+    writes_log_view: bool = False
+    reads_log_view: bool = False
     # Signed checkpoints of the log live in their own stream: the checkpointer writes them.
     writes_checkpoints: bool = False
     reads_checkpoints: bool = False
@@ -49,7 +59,11 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "credentials": ("build.succeeded",),
     "credentials-revoke": ("run.finished", "run.failed", "run.rejected"),
     "executor": ("credentials.issued",),
-    "publisher": ("run.finished", "run.failed", "run.rejected"),
+    # The airlock checks what a job wrote and printed; officers' reviews decide what it held.
+    "airlock": ("run.finished", "run.failed"),
+    "airlock-reviews": ("review.recorded",),
+    # The publisher writes a branch for a rejected run, and the files the airlock released.
+    "publisher": ("run.rejected", "run.failed", "outputs.released"),
     # The forge's commit status follows every stage of a run (see secd_publisher.status).
     "publisher-status": (
         "push.received",
@@ -61,12 +75,19 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
         "run.failed",
         "run.rejected",
         "results.published",
+        "outputs.held",
     ),
 }
+# Durable consumer of the job-log stream (SECD_LOGS) -> the subjects it delivers.
+LOG_CONSUMERS: dict[str, str] = {"airlock-logs": "secd.log.*"}
 
 IDENTITIES: dict[str, Identity] = {
+    # Officers' decisions come in through the gateway's review API (authenticated officers).
     "gateway": Identity(
-        publishes=("push.received",), reads_log=True, reads_job_logs=True, records_pushes=True
+        publishes=("push.received", "review.recorded"),
+        reads_log=True,
+        reads_log_view=True,
+        records_pushes=True,
     ),
     "verifier": Identity(publishes=("push.verified", "run.rejected"), consumers=("verifier",)),
     "builder": Identity(
@@ -96,6 +117,22 @@ IDENTITIES: dict[str, Identity] = {
         reads_log=True,
         reads_artifacts=True,
     ),
+    # On the sensitive side: reads outputs and logs, and the granted tables (its own read-only
+    # account), writes the checks, decisions and the checked copies (redacted log, images).
+    "airlock": Identity(
+        publishes=(
+            "outputs.checked",
+            "outputs.held",
+            "outputs.released",
+            "outputs.withheld",
+        ),
+        consumers=("airlock", "airlock-reviews"),
+        log_consumers=("airlock-logs",),
+        writes_log_view=True,
+        reads_log=True,
+        reads_artifacts=True,
+        writes_artifacts=True,
+    ),
     # The officer's and the `secd runs` view: reads the log, writes nothing.
     "auditor": Identity(publishes=(), reads_log=True, reads_checkpoints=True),
     # Reads the log and signs checkpoints of it; writes no event.
@@ -116,8 +153,16 @@ def _permissions(name: str, identity: Identity, stream: str) -> dict:
         publish += [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.STREAM.INFO.{stream}"]
     if identity.writes_job_logs:
         publish.append("secd.log.*")
-    if identity.reads_job_logs:
-        publish.append(f"$JS.API.DIRECT.GET.{LOG_STREAM}")
+    for consumer in identity.log_consumers:
+        publish += [
+            f"$JS.API.CONSUMER.MSG.NEXT.{LOG_STREAM}.{consumer}",
+            f"$JS.ACK.{LOG_STREAM}.{consumer}.>",
+            f"$JS.API.DIRECT.GET.{LOG_STREAM}",
+        ]
+    if identity.writes_log_view:
+        publish.append("secd.logview.*")
+    if identity.reads_log_view:
+        publish.append(f"$JS.API.DIRECT.GET.{LOG_VIEW_STREAM}")
     if identity.writes_checkpoints:
         publish.append(checkpoint_subject(stream))
     if identity.reads_checkpoints:

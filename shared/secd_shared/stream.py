@@ -22,9 +22,9 @@ from nats.js.api import (
 )
 
 from secd_shared.artifacts import ARTIFACT_BUCKET
-from secd_shared.bus import LOG_STREAM
+from secd_shared.bus import LOG_STREAM, LOG_VIEW_STREAM
 from secd_shared.events import type_token
-from secd_shared.identities import CONSUMERS
+from secd_shared.identities import CONSUMERS, LOG_CONSUMERS
 from secd_shared.integrity import CHECKPOINT_STREAM
 from secd_shared.pushes import PUSH_BUCKET, PUSH_STREAM
 
@@ -156,21 +156,37 @@ async def ensure_artifact_bucket(
 async def ensure_log_stream(
     js: JetStreamContext, *, max_age_days: float = 30, replicas: int = 1
 ) -> None:
-    """The job-log stream: researcher output, so apart from the audit log and not kept forever."""
-    try:
-        await js.stream_info(LOG_STREAM)
-    except nats.js.errors.NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=LOG_STREAM,
-                subjects=["secd.log.>"],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                max_age=max_age_days * 86400,
-                max_msg_size=256 * 1024,
-                allow_direct=True,
-                num_replicas=replicas,
+    """The job-log streams, apart from the audit log and not kept forever: the job's output as
+    it was written (`SECD_LOGS`, for the airlock and officers) and as researchers may see it
+    (`SECD_LOGVIEW`, each line checked by the airlock), and the airlock's consumer of the first."""
+    for name, subjects in ((LOG_STREAM, ["secd.log.>"]), (LOG_VIEW_STREAM, ["secd.logview.>"])):
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(
+                StreamConfig(
+                    name=name,
+                    subjects=subjects,
+                    retention=RetentionPolicy.LIMITS,
+                    storage=StorageType.FILE,
+                    max_age=max_age_days * 86400,
+                    max_msg_size=256 * 1024,
+                    allow_direct=True,
+                    num_replicas=replicas,
+                )
             )
+    for durable, subject in LOG_CONSUMERS.items():
+        await js.add_consumer(
+            LOG_STREAM,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subject=subject,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30,
+                max_deliver=5,
+                max_ack_pending=1000,
+            ),
         )
 
 
