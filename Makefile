@@ -11,7 +11,7 @@ ELAPSED = t=$$(( ($$(date +%s%N) - $(STARTED)) / 100000000 )); echo $$((t / 10))
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := -e shared -e services/gateway -e services/verifier -e services/builder \
           -e services/credentials -e services/executor -e services/publisher \
-          -e services/checkpointer -e '.[server,dev]'
+          -e services/checkpointer -e services/airlock -e '.[server,dev]'
 
 .PHONY: install demo test lint format bench clean
 

@@ -1,0 +1,95 @@
+"""What every check speaks: verdicts, findings, the files it is given and the site's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+Verdict = Literal["pass", "review", "block"]
+Kind = Literal["table", "counts", "figure", "text", "metrics", "model"]
+
+KINDS: tuple[Kind, ...] = ("table", "counts", "figure", "text", "metrics", "model")
+_RANK: dict[Verdict, int] = {"pass": 0, "review": 1, "block": 2}
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's word on one file or line.
+
+    `evidence` says what was seen in words and figures an officer (and, shortened, the researcher)
+    can act on: "7 rows of patients matched (columns name, personnummer)". It never quotes the
+    matched values themselves: findings travel in events and reach the researcher.
+    """
+
+    check: str
+    version: int
+    verdict: Verdict
+    evidence: str
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file the job declared as an output: its name relative to the output folder, its bytes and
+    the kind secd.yml gave it."""
+
+    name: str
+    data: bytes
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A site's limits for the automatic checks; the defaults are the embedded site's."""
+
+    # type
+    max_file_bytes: int = 10 * MIB
+    max_run_bytes: int = 50 * MIB
+    # tables: a table longer or wider than max_rows (a transposed dump is wide) is held
+    max_rows: int = 100
+    max_cells: int = 5000
+    # identifier-like values (personnummer with a valid checksum are held from the first one;
+    # e-mail addresses and phone numbers from this many distinct ones: a report may sign off)
+    contact_values_review: int = 3
+    identifier_values_block: int = 6
+    # source match: a value is rare enough to identify when at most rare_max_rows rows of its
+    # column hold it; columns with at most category_max_distinct values are categories
+    rare_max_rows: int = 3
+    category_max_distinct: int = 20
+    qi_max_columns: int = 6
+    tuple_min_values: int = 4
+    match_rows_review: int = 1
+    match_rows_block: int = 5  # more than this many matched rows blocks
+    single_column_rows_review: int = 5
+    single_column_rows_block: int = 20
+    # small counts (kind counts)
+    small_count_threshold: int = 10
+    rounding_base: int = 5
+    # encodings
+    decode_depth: int = 3
+    encoded_min_chars: int = 24
+    decoded_max_bytes: int = 20 * MIB
+    entropy_min_chars: int = 100
+    entropy_base64_bits: float = 4.8
+    entropy_hex_bits: float = 3.3
+
+
+def worst(findings: Iterable[Finding]) -> Verdict:
+    """The strictest verdict among findings; `pass` when there are none."""
+    verdict: Verdict = "pass"
+    for finding in findings:
+        if _RANK[finding.verdict] > _RANK[verdict]:
+            verdict = finding.verdict
+    return verdict
+
+
+def stricter(a: Verdict, b: Verdict) -> Verdict:
+    """The stricter of two verdicts."""
+    return a if _RANK[a] >= _RANK[b] else b
+
+
+def count_words(n: int, one: str, many: str | None = None) -> str:
+    """'1 row', '7 rows': figures in evidence read as words do."""
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"

@@ -1,0 +1,201 @@
+"""Encodings: base64, base64url and hex runs inside any text, decoded, and gzip, zlib, bz2, xz
+and zip payloads opened, recursively up to `decode_depth`; what decodes to text is scanned again
+like any output. A long high-entropy run that decodes to nothing readable is held as well."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bz2
+import io
+import lzma
+import math
+import re
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+
+from .base import Finding, Rules, count_words
+
+NAME = "encoding"
+VERSION = 1
+
+_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
+# base64 wrapped over lines (base64(1), MIME): lines of the alphabet only, joined.
+_WRAPPED = re.compile(
+    r"(?m)^[A-Za-z0-9+/]{40,}={0,2}[ \t]*(?:\r?\n[A-Za-z0-9+/]{4,}={0,2}[ \t]*$)+"
+)
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One encoded run found in a text: how it was encoded, how long it was, and what it holds
+    (text when it decodes to readable text, else None; nbytes either way)."""
+
+    layers: tuple[str, ...]
+    chars: int
+    nbytes: int
+    text: str | None
+    depth: int
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """A long run that decodes to nothing readable: its alphabet, length and entropy."""
+
+    alphabet: str
+    chars: int
+    bits_per_char: float
+
+
+def entropy(text: str) -> float:
+    """Shannon entropy of the characters, bits per character."""
+    counts = Counter(text)
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _as_text(data: bytes) -> str | None:
+    """Readable text: UTF-8, and almost all printable."""
+    if len(data) < 8:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in text)
+    # A run of one repeated byte ("????") is not a message.
+    if printable < 0.95 * len(text) or len(set(text)) < 4:
+        return None
+    return text
+
+
+def _decode_run(run: str) -> list[tuple[str, bytes]]:
+    """Every reading of a run: hex, base64 or base64url, whichever are valid."""
+    readings = []
+    bare = run.rstrip("=")
+    if len(run) % 2 == 0 and _HEX.fullmatch(run):
+        readings.append(("hex", binascii.unhexlify(run)))
+    padded = bare + "=" * (-len(bare) % 4)
+    if len(bare) % 4 != 1:
+        if "-" not in bare and "_" not in bare:
+            try:
+                readings.append(("base64", base64.b64decode(padded, validate=True)))
+            except (binascii.Error, ValueError):
+                pass
+        elif "+" not in bare and "/" not in bare:
+            try:
+                readings.append(("base64url", base64.urlsafe_b64decode(padded)))
+            except (binascii.Error, ValueError):
+                pass
+    return readings
+
+
+def _unpack(data: bytes, limit: int) -> list[tuple[str, bytes]]:
+    """The payloads of a compressed or archived blob (empty when it is neither)."""
+    try:
+        if data.startswith(b"\x1f\x8b"):
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            return [("gzip", d.decompress(data, limit))]
+        if data[:1] == b"\x78" and data[1:2] in (b"\x01", b"\x5e", b"\x9c", b"\xda"):
+            return [("zlib", zlib.decompressobj().decompress(data, limit))]
+        if data.startswith(b"BZh"):
+            return [("bz2", bz2.BZ2Decompressor().decompress(data, limit))]
+        if data.startswith(b"\xfd7zXZ"):
+            return [("xz", lzma.LZMADecompressor().decompress(data, limit))]
+        if data.startswith(b"PK\x03\x04"):
+            out = []
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for info in archive.infolist()[:100]:
+                    with archive.open(info) as member:
+                        out.append(("zip", member.read(limit)))
+            return out
+    except (zlib.error, OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError):
+        return []
+    return []
+
+
+def open_payload(
+    data: bytes, layers: tuple[str, ...], rules: Rules, depth: int, chars: int
+) -> list[Decoded]:
+    """What a decoded blob holds: its text, or what its archives and compressions hold."""
+    unpacked = _unpack(data, rules.decoded_max_bytes)
+    if unpacked:
+        out = []
+        for how, inner in unpacked:
+            out.extend(open_payload(inner, (*layers, how), rules, depth, chars))
+        return out
+    text = _as_text(data)
+    if text is None:
+        return []
+    return [Decoded(layers, chars, len(data), text, depth)]
+
+
+def find_encoded(text: str, rules: Rules, depth: int = 1) -> tuple[list[Decoded], list[Opaque]]:
+    """Runs in `text` that decode to readable text (again, inside those, up to decode_depth), and
+    long high-entropy runs that decode to nothing readable."""
+    decoded: list[Decoded] = []
+    opaque: list[Opaque] = []
+    if depth > rules.decode_depth:
+        return decoded, opaque
+    runs = dict.fromkeys(m.group() for m in _RUN.finditer(text))
+    # Joined wrapped lines may take in a following word: they are decoded, never held as opaque.
+    wrapped = {re.sub(r"\s+", "", m.group()) for m in _WRAPPED.finditer(text)} - set(runs)
+    for run in [*runs, *wrapped]:
+        if len(run) < rules.encoded_min_chars:
+            continue
+        found = []
+        for how, data in _decode_run(run):
+            found = open_payload(data, (how,), rules, depth, len(run))
+            if found:
+                break
+        if found:
+            for item in found:
+                decoded.append(item)
+                if item.text is not None:
+                    inner, inner_opaque = find_encoded(item.text, rules, depth + 1)
+                    decoded.extend(inner)
+                    opaque.extend(inner_opaque)
+        elif len(run) >= rules.entropy_min_chars and run not in wrapped:
+            is_hex = bool(_HEX.fullmatch(run))
+            bits = entropy(run)
+            if bits >= (rules.entropy_hex_bits if is_hex else rules.entropy_base64_bits):
+                opaque.append(Opaque("hex" if is_hex else "base64", len(run), bits))
+    return decoded, opaque
+
+
+def check_encodings(decoded: list[Decoded], opaque: list[Opaque], where: str = "") -> list[Finding]:
+    """Encoded content is held: what decodes (the scans of the decoded text add their own
+    findings) and long high-entropy strings that do not."""
+    findings = []
+    suffix = f" {where}" if where else ""
+    for item in decoded[:10]:
+        how = " then ".join(item.layers)
+        level = f" at depth {item.depth}" if item.depth > 1 else ""
+        findings.append(
+            Finding(
+                NAME,
+                VERSION,
+                "review",
+                f"a {item.chars:,}-character run decodes ({how}){level} to "
+                f"{count_words(item.nbytes, 'byte')} of text{suffix}",
+            )
+        )
+    if len(decoded) > 10:
+        findings.append(
+            Finding(NAME, VERSION, "review", f"{len(decoded) - 10} more encoded runs{suffix}")
+        )
+    for item in opaque[:10]:
+        findings.append(
+            Finding(
+                NAME,
+                VERSION,
+                "review",
+                f"a {item.chars:,}-character {item.alphabet}-like string with "
+                f"{item.bits_per_char:.1f} bits of entropy per character decodes to nothing "
+                f"readable{suffix}",
+            )
+        )
+    return findings

@@ -1,0 +1,92 @@
+"""Identifier-like values in any text: Swedish personnummer (and samordningsnummer) with a valid
+checksum, e-mail addresses and phone numbers. Counted, never quoted."""
+
+from __future__ import annotations
+
+import re
+
+from .base import Finding, Rules, count_words
+
+NAME = "identifier-values"
+VERSION = 1
+
+# 12 or 10 digits, the last four after an optional - or + (+ marks a person over 100).
+_PERSONNUMMER = re.compile(r"(?<!\d)((?:19|20)?\d{6})[-+]?(\d{4})(?!\d)")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}", re.IGNORECASE)
+# Swedish mobile and landline numbers, and any +country number of 8 or more digits.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+46[\s-]?|0)(?:7\d|[1-9]\d{0,2})[\s-]?\d{2,3}(?:[\s-]?\d{2}){2}(?!\d)"
+    r"|(?<![\w+])\+\d{1,3}(?:[\s-]?\d){8,12}(?!\d)"
+)
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn checksum personnummer carry in their last digit."""
+    total = 0
+    for i, ch in enumerate(digits):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def is_personnummer(date: str, serial: str) -> bool:
+    """A date part (YYMMDD or YYYYMMDD) and serial that make a plausible personnummer or
+    samordningsnummer (day + 60) with a valid checksum."""
+    short = date[-6:]
+    month, day = int(short[2:4]), int(short[4:6])
+    if day > 60:
+        day -= 60
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return False
+    return luhn_ok(short + serial)
+
+
+def find_personnummer(text: str) -> set[str]:
+    """Distinct personnummer in the text, as 10 digits (for counting only)."""
+    found = set()
+    for m in _PERSONNUMMER.finditer(text):
+        date, serial = m.group(1), m.group(2)
+        if is_personnummer(date, serial):
+            found.add(date[-6:] + serial)
+    return found
+
+
+def find_emails(text: str) -> set[str]:
+    """Distinct e-mail addresses, lower-cased."""
+    return {m.lower() for m in _EMAIL.findall(text)} if "@" in text else set()
+
+
+def find_phones(text: str) -> set[str]:
+    """Distinct phone numbers, digits only."""
+    return {re.sub(r"\D", "", m) for m in _PHONE.findall(text)}
+
+
+def check_identifier_values(text: str, rules: Rules, where: str = "") -> list[Finding]:
+    """Personnummer are held from the first one and blocked from `identifier_values_block`;
+    e-mail addresses and phone numbers are held from `contact_values_review` distinct ones."""
+    findings = []
+    suffix = f" {where}" if where else ""
+    pnr = find_personnummer(text)
+    if pnr:
+        verdict = "block" if len(pnr) >= rules.identifier_values_block else "review"
+        findings.append(
+            Finding(
+                NAME,
+                VERSION,
+                verdict,
+                f"{count_words(len(pnr), 'value')} {'looks' if len(pnr) == 1 else 'look'} like "
+                f"Swedish personal identity numbers "
+                f"(valid checksum){suffix}",
+            )
+        )
+    for label, found in (
+        ("e-mail address", find_emails(text)),
+        ("phone number", find_phones(text)),
+    ):
+        if len(found) >= rules.contact_values_review:
+            verdict = "block" if len(found) >= 4 * rules.contact_values_review else "review"
+            many = "e-mail addresses" if label == "e-mail address" else None
+            findings.append(
+                Finding(NAME, VERSION, verdict, f"{count_words(len(found), label, many)}{suffix}")
+            )
+    return findings
