@@ -78,6 +78,7 @@ async def open_log(state_dir: Path):
     """An EventBus connected as the read-only auditor identity of the stack in `state_dir`."""
     from secd_shared.bus import EventBus, connect
     from secd_shared.config import NatsConfig
+    from secd_shared.secret import Secret
 
     try:
         config = tomllib.loads((state_dir / "secd.toml").read_text())
@@ -88,7 +89,7 @@ async def open_log(state_dir: Path):
             f"no secd state in {state_dir} ({exc}); pass --state-dir with the folder `secd up` uses"
         ) from None
     url = config["nats"]["url"]
-    nats = NatsConfig(url=url, user="auditor", password=password)
+    nats = NatsConfig(url=url, user="auditor", password=Secret(password))
     try:
         # connect() retries for ever (right for a service); a command should say why it waits.
         nc = await asyncio.wait_for(connect(nats, "auditor"), 10)

@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -21,6 +21,7 @@ from msgspec import Struct
 
 from secd_shared.dbkind import DB_KINDS, facts
 from secd_shared.limits import LIMIT_NAMES, LimitsConfig
+from secd_shared.secret import Secret
 
 __all__ = [
     "ArtifactsConfig",
@@ -53,15 +54,24 @@ class ConfigError(Exception):
 
 
 class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    # Fields that hold a Secret; text given for one (a test, the command line) becomes one.
+    _SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self._SECRETS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                msgspec.structs.force_setattr(self, name, Secret(value))
 
 
 class NatsConfig(_Section):
     """How a service reaches the bus. user/password come from the environment, never the file."""
 
+    _SECRETS = ("password",)
+
     url: str = "nats://127.0.0.1:4222"
     user: str | None = None
-    password: str | None = None
+    password: Secret | None = None
     stream: str = "SECD"
     connect_timeout_s: float = 5.0
     # Set on the consumers at bootstrap; services use them to pace heartbeats and give up.
@@ -87,10 +97,12 @@ class GitLabConfig(_Section):
     SECD_FORGE__GITLAB__WEBHOOK_SECRET) or from files; each service reads only what it uses.
     """
 
+    _SECRETS = ("token", "webhook_secret")
+
     url: str = ""
-    token: str | None = None
+    token: Secret | None = None
     token_file: str | None = None
-    webhook_secret: str | None = None
+    webhook_secret: Secret | None = None
     webhook_secret_file: str | None = None
     # The commit status's name (GitLab shows it as an external job of the commit).
     status_name: str = "secd"
@@ -120,10 +132,12 @@ class KeycloakConfig(_Section):
     (SECD_IDENTITY__KEYCLOAK__CLIENT_SECRET) or a file.
     """
 
+    _SECRETS = ("client_secret",)
+
     url: str = ""
     realm: str = ""
     client_id: str = ""
-    client_secret: str | None = None
+    client_secret: Secret | None = None
     client_secret_file: str | None = None
     # The realm the client lives in, when it is not `realm` (e.g. "master").
     client_realm: str | None = None
@@ -230,6 +244,8 @@ class BuilderConfig(_Section):
 class DatabaseConfig(_Section):
     """One sensitive database that runs can be granted tables of."""
 
+    _SECRETS = ("password",)
+
     # A DbKind (secd_shared.dbkind); read as text so that a wrong one is named with its database.
     kind: str
     database: str
@@ -238,7 +254,7 @@ class DatabaseConfig(_Section):
     socket: str | None = None
     socket_dir: str | None = None
     user: str | None = None
-    password: str | None = None
+    password: Secret | None = None
     # kind = "neo4j" only: the Bolt URI (bolt://host:7687), and whether Neo4j Community's
     # all-powerful users may be issued at all (Community has no per-label roles).
     uri: str | None = None
@@ -375,7 +391,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     _apply_env(data, environ)
     try:
-        config = msgspec.convert(data, Config)
+        config = msgspec.convert(data, Config, dec_hook=_decode_secret)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"config: {_describe(exc)}") from None
     base = Path(path).parent if path else Path.cwd()
@@ -384,6 +400,13 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         config = msgspec.structs.replace(config, state_dir=str((base / state).resolve()))
     _check(config)
     return config
+
+
+def _decode_secret(kind: type, value: Any) -> Any:
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    # msgspec turns this into "Expected `str`... - at `$.nats.password`", which _describe words.
+    raise TypeError("Expected `str`, got a value that is not text")
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
@@ -625,14 +648,15 @@ def _check_forge_and_identity(config: Config) -> None:
             raise ConfigError("identity.keycloak.gitlab_provider is required")
 
 
-def read_secret(config: Config, key: str, value: str | None, file: str | None) -> str:
+def read_secret(config: Config, key: str, value: Secret | str | None, file: str | None) -> str:
     """A secret given as `key` (from the environment) or `key`_file; ConfigError naming the key.
 
-    The message never holds the secret, only where it was looked for.
+    Returns the value itself, for the client that sends it. The message never holds the secret,
+    only where it was looked for.
     """
     env = "SECD_" + key.upper().replace(".", "__")
     if value is not None:
-        secret = value.strip()
+        secret = (value.reveal() if isinstance(value, Secret) else value).strip()
     elif file is not None:
         path = config.path(file)
         try:

@@ -15,7 +15,8 @@ def test_file_and_environment_overrides(tmp_path):
     env = {"SECD_GATEWAY__PORT": "9100", "SECD_NATS__PASSWORD": "12345", "SECD_TEST_X": "1"}
     config = load_config(path, env)
     assert config.gateway.port == 9100
-    assert config.nats.password == "12345"  # stays a string
+    assert config.nats.password is not None
+    assert config.nats.password.reveal() == "12345"  # stays a string
     assert config.state_dir == str(tmp_path / "state")
     assert config.path("forge") == tmp_path / "state" / "forge"
 

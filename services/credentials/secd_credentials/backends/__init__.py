@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from secd_shared.config import DatabaseConfig
 from secd_shared.dbkind import db_kind, facts
+from secd_shared.secret import reveal
 
 from .base import Backend, BackendError, IssueResult
 from .mariadb import MariaDBBackend, MariaDBSettings
@@ -56,7 +57,7 @@ def backend_settings(db: DatabaseConfig) -> BackendSettings:
         return Neo4jSettings(
             uri=db.uri or "",
             user=db.user or defaults.default_admin,
-            password=db.password or "",
+            password=reveal(db.password) or "",
             database=db.database,
             accept_full_read=db.accept_full_read,
         )
@@ -66,7 +67,7 @@ def backend_settings(db: DatabaseConfig) -> BackendSettings:
             host=db.host or "127.0.0.1",
             port=db.port or defaults.default_port,
             user=db.user or defaults.default_admin,
-            password=db.password,
+            password=reveal(db.password),
             socket_dir=db.socket_dir,
         )
     return MariaDBSettings(
@@ -74,7 +75,7 @@ def backend_settings(db: DatabaseConfig) -> BackendSettings:
         host=db.host or "127.0.0.1",
         port=db.port or defaults.default_port,
         user=db.user or defaults.default_admin,
-        password=db.password,
+        password=reveal(db.password),
         socket=db.socket,
     )
 
