@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .base import Finding, Rules, count_words
-from .tokens import normalise_value, normalise_word, words
+from .tokens import WORD, fold, normalise_value, normalise_word
 
 NAME = "source-match"
 VERSION = 1
@@ -36,6 +37,7 @@ _UNINFORMATIVE = frozenset({"", "true", "false", "yes", "no", "none", "null", "n
 # A line with more value combinations than this is not a record (a wide, transposed line is
 # caught by its rare values instead).
 _MAX_COMBINATIONS = 4096
+_WORDS_AND_LINES = re.compile(WORD.pattern + r"|\n")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,18 @@ class _Scan:
 
     def __init__(self) -> None:
         self.cells: dict[tuple[int, int], set[int]] = defaultdict(set)
+        self.strong: set[tuple[int, int]] = set()
         self.tuple_rows: set[tuple[int, int]] = set()
+
+    def add(self, index: SourceIndex, d: bytes) -> None:
+        """Count one digest seen in the output."""
+        postings = index._rare.get(d)
+        if postings:
+            strong = d in index._strong
+            for tid, r, c in postings:
+                self.cells[(tid, r)].add(c)
+                if strong:
+                    self.strong.add((tid, r))
 
 
 class SourceIndex:
@@ -105,6 +118,12 @@ class SourceIndex:
         # sum of a combination's items -> (table, row) of the rows holding it
         self._tuples: dict[int, list[tuple[int, int]]] = {}
         self._cache: dict[str, bytes] = {}
+        # Python's own hash of every indexed token, so most words of an output are dismissed
+        # without an HMAC. It is keyed per process (hash randomisation) and never leaves it.
+        self._prefilter: set[int] = set()
+        # rows whose rare values of one column alone count (names, personnummer: long values,
+        # not a five-digit number any log may print)
+        self._strong: set[bytes] = set()
 
     # -- building ------------------------------------------------------------------------------
 
@@ -173,12 +192,13 @@ class SourceIndex:
                 if not value:
                     continue
                 d = self.digest(value)
+                self._prefilter.add(hash(value))
                 item = self._item(tid, c, d)
                 self._qi.setdefault(d, [])
                 if (tid, c, item) not in self._qi[d]:
                     self._qi[d].append((tid, c, item))
                 if " " in value:
-                    self._heads.add(self.digest(value.split(" ", 1)[0]))
+                    self._add_head(value)
                 items.append(item)
             for k in range(rules.tuple_min_values, len(items) + 1):
                 for combo in itertools.combinations(items, k):
@@ -202,9 +222,18 @@ class SourceIndex:
 
     def _add_rare(self, token: str, where: tuple[int, int, int]) -> None:
         d = self.digest(token)
+        self._prefilter.add(hash(token))
         self._rare.setdefault(d, []).append(where)
+        digits = sum(ch.isdigit() for ch in token)
+        if digits >= 8 or (digits == 0 and len(token) >= 6):
+            self._strong.add(d)
         if " " in token:
-            self._heads.add(self.digest(token.split(" ", 1)[0]))
+            self._add_head(token)
+
+    def _add_head(self, value: str) -> None:
+        head = value.split(" ", 1)[0]
+        self._heads.add(self.digest(head))
+        self._prefilter.add(hash(head))
 
     # -- matching ------------------------------------------------------------------------------
 
@@ -213,8 +242,7 @@ class SourceIndex:
         `tokens.tokens` makes them). Tuples need records: see `scan`."""
         scan = _Scan()
         for token in set(tokens):
-            for tid, r, c in self._rare.get(self.digest(token), ()):
-                scan.cells[(tid, r)].add(c)
+            scan.add(self, self.digest(token))
         return self._result(scan)
 
     def scan_text(self, text: str) -> Match:
@@ -240,63 +268,72 @@ class SourceIndex:
             for where, cols in one.cells.items():
                 total.cells[where].update(cols)
             total.tuple_rows |= one.tuple_rows
+            total.strong |= one.strong
             touched.append(set(one.cells) | one.tuple_rows)
         matched = {w for w, cols in total.cells.items() if len(cols) >= 2} | total.tuple_rows
         return self._result(total), [bool(rows & matched) for rows in touched]
 
     def _scan_one(self, text: str, scan: _Scan) -> None:
-        raw = words(text)
+        # One pass of the regex gives the words and the line breaks (for tuples, per line).
+        raw = _WORDS_AND_LINES.findall(fold(text))
         if not raw:
             return
-        rare, heads, qi, digest = self._rare, self._heads, self._qi, self.digest
-        norm = {w: normalise_word(w) for w in set(raw)}
+        heads, qi, digest, pre = self._heads, self._qi, self.digest, self._prefilter
+        unique = set(raw)
+        unique.discard("\n")
         head_words = set()
-        qi_words = set()
-        for w, n in norm.items():
+        qi_words: dict[str, str] = {}
+        for w in unique:
+            n = normalise_word(w) if w[0].isdigit() else w
+            if hash(n) not in pre:
+                continue
             d = digest(n)
-            for tid, r, c in rare.get(d, ()):
-                scan.cells[(tid, r)].add(c)
+            scan.add(self, d)
             if d in heads:
                 head_words.add(w)
             if d in qi:
-                qi_words.add(w)
+                qi_words[w] = n
         qi_grams = False
         if head_words:
             for i in [i for i, w in enumerate(raw) if w in head_words]:
-                for n in range(2, MAX_NGRAM + 1):
-                    if i + n > len(raw):
+                gram = [raw[i]]
+                for w in raw[i + 1 : i + MAX_NGRAM]:
+                    if w == "\n":
                         break
-                    d = digest(" ".join(norm[w] for w in raw[i : i + n]))
-                    for tid, r, c in rare.get(d, ()):
-                        scan.cells[(tid, r)].add(c)
+                    gram.append(w)
+                    token = " ".join(normalise_word(x) for x in gram)
+                    if hash(token) not in pre:
+                        continue
+                    d = digest(token)
+                    scan.add(self, d)
                     if d in qi:
+                        qi_words[" ".join(gram)] = token
                         qi_grams = True
-        if self._tuples and (qi_grams or len(qi_words) >= self.rules.tuple_min_values):
-            self._scan_records(text, norm, head_words, qi_words, scan)
+        if self._tuples and len(qi_words) + len(head_words) >= self.rules.tuple_min_values:
+            self._scan_records(raw, head_words, qi_words, scan, qi_grams)
 
     def _scan_records(
         self,
-        text: str,
-        norm: dict[str, str],
+        raw: list[str],
         head_words: set[str],
-        qi_words: set[str],
+        qi_words: dict[str, str],
         scan: _Scan,
+        qi_grams: bool,
     ) -> None:
         """Tuple matching, line by line; only lines with enough quasi-identifier values."""
         need = self.rules.tuple_min_values
-        watched = qi_words | head_words
-        for line in text.splitlines():
-            ws = words(line)
-            if sum(w in watched for w in ws) < min(need, 2):
+        watched = set(qi_words) | head_words
+        for line in " ".join(raw).split("\n"):
+            ws = line.split()
+            if len(watched.intersection(ws)) < need - qi_grams:
                 continue
-            found: set[str] = {norm[w] for w in ws if w in qi_words}
+            found = {qi_words[w] for w in ws if w in qi_words}
             for i, w in enumerate(ws):
                 if w in head_words:
                     for n in range(2, MAX_NGRAM + 1):
-                        if i + n <= len(ws):
-                            found.add(
-                                " ".join(norm.get(x) or normalise_word(x) for x in ws[i : i + n])
-                            )
+                        gram = " ".join(ws[i : i + n])
+                        if gram in qi_words:
+                            found.add(qi_words[gram])
             self._match_tuples(found, scan)
 
     def _match_tuples(self, found: set[str], scan: _Scan) -> None:
@@ -328,7 +365,7 @@ class SourceIndex:
             if len(cols) >= 2:
                 matched[tid].add(r)
                 seen_columns[tid].update(cols)
-            else:
+            elif (tid, r) in scan.strong:
                 single[tid] += 1
         tuple_rows: Counter = Counter()
         for tid, r in scan.tuple_rows:

@@ -18,7 +18,7 @@ _DECIMAL = re.compile(r"\d+\.\d+")
 _DIGIT_GROUP = re.compile(r"\d+(?:[-+]\d+)+")
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
     """Lower-case, composed Unicode (an å typed as a + ring reads as å)."""
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
@@ -39,7 +39,7 @@ def normalise_word(word: str) -> str:
 
 def words(text: str) -> list[str]:
     """The text's words, lower-cased but not yet normalised (see `normalise_word`)."""
-    return WORD.findall(_fold(text))
+    return WORD.findall(fold(text))
 
 
 def normalise_value(value: object) -> str:
