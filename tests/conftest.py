@@ -15,6 +15,10 @@ from secd_shared.config import NatsConfig
 from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.stream import ensure_consumers, ensure_log_stream, ensure_stream
 
+# Fixtures that tests of several packages use, kept in modules of their own: the forge and identity
+# worlds (contracts, verifier) and the audit tests' own NATS server (secd, shared, checkpointer).
+pytest_plugins = ("tests.forgeworld", "tests.auditlog")
+
 
 @dataclass
 class NatsServer(nats_server.NatsServer):

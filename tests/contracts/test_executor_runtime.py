@@ -26,8 +26,8 @@ from secd_executor.stub import StubJob, StubRuntime
 from secd_executor.uids import UidPool
 from secd_shared.artifacts import FolderArtifacts, digest_bytes
 from secd_shared.tarballs import write_folder
+from tests.executor.kubernetes.conftest import COLLECTOR_IMAGE, RUN_IMAGE, run_request, settings
 from tests.fakes.kubernetes import FakeKubernetes, PodScript
-from tests.kubernetes.conftest import COLLECTOR_IMAGE, RUN_IMAGE, run_request, settings
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -33,8 +33,8 @@ from secd_shared.events import (
 from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.runs import fold_run, fold_runs
 from secd_shared.stream import ensure_log_stream, ensure_stream
-from tests.audit.runs import Stored
-from tests.audit.runs import build_run as _build_run
+from tests.auditruns import Stored
+from tests.auditruns import build_run as _build_run
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,7 +43,7 @@ TOKEN = "t" * 32
 
 
 def build_run(**options) -> list[Stored]:
-    """tests.audit.runs.build_run with a run id the gateway takes."""
+    """tests.auditruns.build_run with a run id the gateway takes."""
     return _build_run(run_id=new_run_id(), **options)
 
 

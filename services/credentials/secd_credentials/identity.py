@@ -1,7 +1,7 @@
 """Identities (researcher -> groups): the factory and the embedded adapter, a TOML file the
-operator edits. The production adapter is Keycloak (keycloak.py); both pass tests/forge's
-contract. The port (Identity, IdentityError, NoIdentity) lives in identity_port.py and is
-listed here too.
+operator edits. The production adapter is Keycloak (keycloak.py); both pass one contract
+(tests/contracts/test_identity.py). The port (Identity, IdentityError, NoIdentity) lives in
+identity_port.py and is listed here too.
 
 [researchers]
 alice = ["postgres-patients-read"]

@@ -2,8 +2,8 @@
 forge itself says about a commit's signature.
 
 The port (PushSource, ForgeUnavailable) lives in secd_verifier.forge_port and is listed here too.
-Two adapters, one contract (tests/forge): the embedded forge (bare repositories on this machine,
-keys in a keyring folder) and GitLab (secd_verifier.gitlab_forge).
+Two adapters, one contract (tests/contracts/test_forge.py): the embedded forge (bare repositories
+on this machine, keys in a keyring folder) and GitLab (secd_verifier.gitlab_forge).
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ import msgspec
 from secd_shared.events import PushVerified, RunRejected, new_event
 from secd_shared.service import producer_for
 from secd_verifier.service import Verifier
-
-from .conftest import ZERO, ForgeWorld, stored
+from tests.forgeworld import ZERO, ForgeWorld, stored
 
 
 def keyid(key) -> str:

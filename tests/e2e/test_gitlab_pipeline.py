@@ -23,10 +23,9 @@ from secd_shared.forge_git import git_environment
 from secd_shared.runs import fold_run
 from tests.fakes.gitlab import FakeGitLab
 from tests.fakes.keycloak import FakeKeycloak
+from tests.forgeworld import Clone, no_secret_in
 from tests.gpghelp import git_env
 from tests.helpers import wait_until
-
-from .conftest import Clone, no_secret_in
 
 pytestmark = pytest.mark.timeout(240)
 

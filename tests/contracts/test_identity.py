@@ -8,8 +8,7 @@ import pytest
 
 from secd_credentials.identity import IdentityError, NoIdentity, make_identity
 from secd_credentials.keycloak import KeycloakIdentity
-
-from .conftest import IdentityWorld, no_secret_in
+from tests.forgeworld import IdentityWorld, no_secret_in
 
 
 def test_a_researchers_groups_are_listed_in_order(identity_world: IdentityWorld):

@@ -1,5 +1,8 @@
 """Forge and identity worlds for the contract tests: the embedded adapters, and the GitLab and
-Keycloak adapters against FakeGitLab / FakeKeycloak (local servers, not the real products)."""
+Keycloak adapters against FakeGitLab / FakeKeycloak (local servers, not the real products).
+
+A pytest plugin of the suite (tests/conftest.py): tests/contracts and tests/verifier use its
+fixtures, tests/e2e its Clone."""
 
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ from tests.gpghelp import GpgKey, git_env, make_key, stop_agent
 ZERO = "0" * 40
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def keys(tmp_path_factory) -> Iterator[dict[str, GpgKey]]:
-    """alice's and bob's signing keys, made once for the package."""
+    """alice's and bob's signing keys, made once (tests/verifier and tests/e2e have their own)."""
     base = tmp_path_factory.mktemp("forge-keys")
     made = {
         "alice": make_key(base, "Alice", "alice@example.org"),

@@ -11,7 +11,7 @@ import pytest
 
 from secd.audit import access_rows, write_access
 from secd.cli import main
-from tests.audit.runs import build_run, write_runs
+from tests.auditruns import build_run, write_runs
 
 pytestmark = pytest.mark.timeout(120)
 

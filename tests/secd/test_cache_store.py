@@ -15,7 +15,7 @@ import pytest
 
 import secd
 from secd._store import EntryStore
-from tests.researcher.conftest import ResearchProject
+from tests.secd.conftest import ResearchProject
 
 HERE = Path(__file__).parent
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.researcher.conftest import ResearchProject
+from tests.secd.conftest import ResearchProject
 
 MAIN = """\
 import secd

@@ -13,8 +13,8 @@ from secd.audit import AuditError, ReplayFilter, parse_time, replay
 from secd.cli import main
 from secd_shared.bus import EventBus
 from secd_shared.logscan import scan
-from tests.audit.conftest import add_transformed_stream, connect_as
-from tests.audit.runs import build_run, write_runs
+from tests.auditlog import add_transformed_stream, connect_as
+from tests.auditruns import build_run, write_runs
 
 pytestmark = pytest.mark.timeout(120)
 

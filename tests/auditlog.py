@@ -1,4 +1,7 @@
-"""The audit tests' own NATS server, so its SECD stream holds only what these tests write."""
+"""The audit tests' own NATS server, so its SECD stream holds only what these tests write.
+
+A pytest plugin of the suite (tests/conftest.py): the audit command's tests (tests/secd), the log's
+integrity and protection (tests/shared) and the checkpointer's (tests/checkpointer) use it."""
 
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ from secd_shared.integrity import (
     verify_log,
 )
 from secd_shared.logscan import Record, scan
-from tests.audit.conftest import add_transformed_stream, connect_as
-from tests.audit.runs import build_run, write_runs
+from tests.auditlog import add_transformed_stream, connect_as
+from tests.auditruns import build_run, write_runs
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(120)

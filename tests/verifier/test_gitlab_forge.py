@@ -14,8 +14,7 @@ from secd_shared.events import RunRejected
 from secd_shared.forge_git import ForgeGitError, GitMirrors
 from secd_shared.worker import TransientError
 from secd_verifier.service import Verifier
-
-from .conftest import ZERO, ForgeWorld, no_secret_in, stored
+from tests.forgeworld import ZERO, ForgeWorld, no_secret_in, stored
 
 
 @pytest.fixture

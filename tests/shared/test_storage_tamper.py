@@ -11,8 +11,8 @@ from nacl.signing import SigningKey
 from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.integrity import key_id, make_checkpoint, read_checkpoints, verify_log
 from secd_shared.stream import ensure_stream
-from tests.audit.conftest import connect_as, start_nats, stop_nats
-from tests.audit.runs import build_run, write_runs
+from tests.auditlog import connect_as, start_nats, stop_nats
+from tests.auditruns import build_run, write_runs
 
 pytestmark = pytest.mark.timeout(120)
 

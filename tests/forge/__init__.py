@@ -1,1 +1,0 @@
-"""Forge and identity ports: contract tests over the embedded and the GitLab/Keycloak adapters."""
