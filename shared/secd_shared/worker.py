@@ -8,7 +8,10 @@ and publishing is idempotent (see bus.py), so a redelivery never writes a second
 - a transient fault (TransientError, or any unexpected exception): `nak(delay)` with back-off;
 - a permanent fault (PermanentError), or the last allowed delivery: `run.failed` with the reason,
   then `term()`;
-- the connection: nats-py reconnects forever; a failed fetch is retried.
+- the connection: nats-py reconnects forever; a failed fetch is retried;
+- a redelivery of work already done: with `skip_if` (or a handler marked `@skips_if(...)`), the
+  worker reads the run first and acks without calling the handler when the run already holds one
+  of those event types (the handler wrote its event, then crashed before the ack).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -25,7 +29,7 @@ from nats.aio.msg import Msg
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.events import Event, EventDecodeError, Payload, Producer, RunFailed, new_event
 
-__all__ = ["Emit", "Handler", "PermanentError", "TransientError", "Worker"]
+__all__ = ["Emit", "Handler", "PermanentError", "TransientError", "Worker", "skips_if"]
 
 log = logging.getLogger("secd.worker")
 
@@ -64,6 +68,20 @@ class Emit:
 
 
 Handler = Callable[[StoredEvent], Awaitable[Sequence[Payload | Emit]]]
+_H = TypeVar("_H", bound=Callable[..., Awaitable[Sequence[Payload | Emit]]])
+
+
+def skips_if(*event_types: str) -> Callable[[_H], _H]:
+    """Mark a handler: a run that already holds one of `event_types` needs it no more.
+
+    Every Worker built with the handler honours it (Worker's `skip_if` overrides it).
+    """
+
+    def mark(handler: _H) -> _H:
+        handler.skip_if = event_types  # type: ignore[attr-defined]  # read back by Worker
+        return handler
+
+    return mark
 
 
 class Worker:
@@ -80,6 +98,7 @@ class Worker:
         ack_wait_s: float = 60.0,
         max_deliver: int = 5,
         fail_runs: bool = True,
+        skip_if: Sequence[str] | None = None,
     ) -> None:
         self.bus = bus
         self.producer = producer
@@ -89,7 +108,11 @@ class Worker:
         self.ack_wait_s = ack_wait_s
         self.max_deliver = max_deliver
         self.fail_runs = fail_runs
-        self._tasks: set[asyncio.Task] = set()
+        # Event types that mean this handler's work for the run is done (see the module doc).
+        self.skip_if: tuple[str, ...] = tuple(
+            skip_if if skip_if is not None else getattr(handler, "skip_if", ())
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Handle events until `stop` is set; then finish what is in flight."""
@@ -131,7 +154,16 @@ class Worker:
             return
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         try:
-            outputs = await self.handler(stored)
+            if await self.already_done(stored):
+                log.info(
+                    "%s: the run already has its %s; nothing to do",
+                    event.type,
+                    " or ".join(self.skip_if),
+                    extra={"run_id": event.run_id, "attempt": attempt},
+                )
+                outputs: Sequence[Payload | Emit] = ()
+            else:
+                outputs = await self.handler(stored)
             for output in outputs:
                 await self.bus.publish(self._envelope(output, stored))
             await msg.ack_sync()
@@ -159,6 +191,13 @@ class Worker:
                     await msg.nak(delay=delay)
         finally:
             heartbeat.cancel()
+
+    async def already_done(self, stored: StoredEvent) -> bool:
+        """Whether the run of `stored` already holds one of the `skip_if` event types."""
+        if not self.skip_if:
+            return False
+        run = await self.bus.read_run(stored.event.run_id)
+        return any(s.event.type in self.skip_if for s in run)
 
     async def _fail(self, msg: Msg, stored: StoredEvent, exc: PermanentError) -> None:
         event = stored.event

@@ -8,12 +8,13 @@ from secd_shared.events import (
     BuildSucceeded,
     Producer,
     PushVerified,
+    RunFailed,
     RunPlan,
     RunSpec,
     new_event,
     new_run_id,
 )
-from secd_shared.worker import PermanentError, TransientError, Worker
+from secd_shared.worker import PermanentError, TransientError, Worker, skips_if
 from tests.helpers import wait_until
 
 
@@ -145,3 +146,62 @@ async def test_redelivery_is_bounded_and_ends_in_run_failed(nats_server, admin_b
     assert failed.type == "run.failed"
     assert "gave up after 3 attempts" in failed.payload.reason
     assert attempts == 3
+
+
+async def test_skip_if_acks_a_run_that_already_has_the_event_without_calling_the_handler(
+    nats_server, admin_bus
+):
+    common = {"producer": Producer("builder", "test"), "actor": "alice", "project": "alice/m"}
+    done_run, open_run = new_run_id(), new_run_id()
+    await admin_bus.publish(new_event(_built(), run_id=done_run, **common))
+    failed = RunFailed(stage="credentials", reason="an earlier attempt")
+    await admin_bus.publish(new_event(failed, run_id=done_run, **common))
+    await admin_bus.publish(new_event(_built(), run_id=open_run, **common))
+    calls: list[str] = []
+
+    @skips_if("run.failed")
+    async def handle(stored):
+        if stored.event.run_id in (done_run, open_run):
+            calls.append(stored.event.run_id)
+        return []
+
+    bus = await nats_server.bus("credentials")
+    stop = asyncio.Event()
+    worker = Worker(
+        bus, producer=Producer("credentials", "test"), consumer="credentials", handler=handle,
+        ack_wait_s=2.0, max_deliver=3,
+    )  # fmt: skip
+    assert worker.skip_if == ("run.failed",)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        # One at a time, in log order: when the open run is handled, the done one was delivered.
+        async def reached_open_run():
+            return open_run in calls
+
+        await wait_until(reached_open_run, timeout=30)
+        await asyncio.sleep(2.5)  # past the ack wait: neither comes back
+        info = await admin_bus.js.consumer_info(bus.stream, "credentials")
+    finally:
+        stop.set()
+        await task
+        await bus.close()
+    assert calls == [open_run]
+    assert info.num_ack_pending == 0
+    # Nothing was written for the skipped run.
+    assert [s.event.type for s in await admin_bus.read_run(done_run)] == [
+        "build.succeeded",
+        "run.failed",
+    ]
+
+
+def test_an_explicit_skip_if_overrides_the_handlers_mark():
+    @skips_if("run.failed")
+    async def handle(stored):
+        return []
+
+    def worker(**options):
+        return Worker(None, producer=Producer("x", "1"), consumer="x", handler=handle, **options)
+
+    assert worker().skip_if == ("run.failed",)
+    assert worker(skip_if=()).skip_if == ()
+    assert worker(skip_if=["a", "b"]).skip_if == ("a", "b")

@@ -32,7 +32,7 @@ from secd_shared.events import (
 from secd_shared.runid import parse_run_id, run_created_at
 from secd_shared.sealing import seal
 from secd_shared.service import producer_for
-from secd_shared.worker import PermanentError, TransientError
+from secd_shared.worker import PermanentError, TransientError, skips_if
 
 __all__ = ["Credentials", "setup"]
 
@@ -59,15 +59,14 @@ class Credentials:
             else {name: backend_for(db) for name, db in config.credentials.databases.items()}
         )
 
+    # A redelivery after the event was written: the account and its sealed password are already
+    # in the log, and resetting the password now would orphan them.
+    @skips_if("credentials.issued")
     async def on_built(self, stored: StoredEvent) -> list[CredentialsIssued]:
         """Issue the run's account, just before it runs."""
         event = stored.event
         built = event.payload
         assert isinstance(built, BuildSucceeded)
-        if any(s.event.type == "credentials.issued" for s in await self.bus.read_run(event.run_id)):
-            # A redelivery after the event was written: the account and its sealed password
-            # are already in the log, and resetting the password now would orphan them.
-            return []
         name = built.plan.spec.database or self.settings.default_database
         backend = self.backends.get(name)
         if backend is None:
@@ -125,12 +124,13 @@ class Credentials:
             )
         ]
 
+    @skips_if("credentials.revoked")
     async def on_ended(self, stored: StoredEvent) -> list[CredentialsRevoked]:
         """Revoke the run's account when the run has ended (any way it ended)."""
         run = await self.bus.read_run(stored.event.run_id)
         issued = _first(run, "credentials.issued")
-        if issued is None or _first(run, "credentials.revoked") is not None:
-            return []
+        if issued is None:
+            return []  # the run ended before it got an account: nothing to revoke
         payload = issued.event.payload
         assert isinstance(payload, CredentialsIssued)
         backend = self.backends.get(payload.database)

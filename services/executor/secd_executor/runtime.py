@@ -32,7 +32,7 @@ from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_e
 from secd_shared.limits import Limits, LimitsConfig, resolve_limits
 from secd_shared.sealing import load_private_key, unseal
 from secd_shared.service import producer_for
-from secd_shared.worker import PermanentError
+from secd_shared.worker import PermanentError, skips_if
 
 __all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
 
@@ -118,14 +118,6 @@ class ExecutorAPI(Protocol):
         ...
 
 
-async def has_ended(bus: EventBus, run_id: str) -> bool:
-    """Whether the run already has its end: a redelivery after a crash before the ack.
-
-    A job runs at most once to its end, and a run never gets two endings.
-    """
-    return any(s.event.type in ("run.finished", "run.failed") for s in await bus.read_run(run_id))
-
-
 class RuntimeExecutor:
     """credentials.issued -> run.started, run.finished | run.failed, on any ExecutorAPI."""
 
@@ -172,11 +164,12 @@ class RuntimeExecutor:
             limits=resolve_limits(self.limits, spec.limits),
         )
 
+    # A redelivery after a crash before the ack: a job runs at most once to its end, and a run
+    # never gets two endings.
+    @skips_if("run.finished", "run.failed")
     async def on_issued(self, stored: StoredEvent) -> list[RunFinished]:
         """Prepare, execute, collect, clean up; the outcome decides finished or failed."""
         event = stored.event
-        if await has_ended(self.bus, event.run_id):
-            return []
         request = self.request_for(stored)
         request.output_dir.mkdir(parents=True, exist_ok=True)
 
