@@ -89,6 +89,33 @@ SECD_YML = """\
 runfor: 0.05        # hours; the run is stopped after 3 minutes
 gpu: false
 command: ["python", "main.py"]
+outputs:            # what may leave, checked by the airlock (anything else stays inside)
+  - {path: model.json, kind: metrics, description: "the fitted weights, 3 features"}
+  - {path: metrics.json, kind: metrics, description: "accuracy over all patients"}
+"""
+
+# A job that tries to take the table out: a CSV dump declared as a table, and printed.
+DUMP_PY = """\
+import os
+from pathlib import Path
+
+import pg8000.native
+
+db = pg8000.native.Connection(
+    user=os.environ["DB_USER"], password=os.environ["DB_PASS"], host=os.environ["DB_HOST"],
+    port=int(os.environ["DB_PORT"]), database=os.environ["DB_NAME"],
+)
+rows = db.run("SELECT * FROM patients ORDER BY id")
+lines = ["id,age,bmi,glucose,diabetic"] + [",".join(str(v) for v in r) for r in rows]
+Path(os.environ["OUTPUT_PATH"], "patients.csv").write_text("\\n".join(lines) + "\\n")
+for r in rows[:5]:
+    print(r)
+"""
+
+DUMP_YML = """\
+runfor: 0.05
+outputs:
+  - {path: patients.csv, kind: table, description: "a summary table"}
 """
 
 
@@ -187,7 +214,7 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         f"  started NATS, PostgreSQL and {len(SERVICES)} services "
         f"in {time.monotonic() - started:.1f} s"
     )
-    result: dict = {"runs": [], "rejected": []}
+    result: dict = {"runs": [], "rejected": [], "held": []}
     try:
         await _seed_patients(stack)
         from secd_shared.forge import create_repository
@@ -261,6 +288,25 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         rejected = fold_run(events[0].run_id, events)
         say(f"   rejected: {rejected.reason}")
         result["rejected"].append({"commit": rejected.commit, "reason": rejected.reason})
+
+        # 3. A signed push that dumps the table: the airlock holds it for security officers.
+        _git(work, "checkout", "--quiet", "-b", "dump", head)
+        (work / "main.py").write_text(DUMP_PY)
+        (work / "secd.yml").write_text(DUMP_YML)
+        _git(work, "add", ".")
+        _git(work, "commit", "--quiet", "-S", "-m", "Export the patients", env=env)
+        dump = _git(work, "rev-parse", "HEAD")
+        say(f"\n3. alice pushes signed commit {dump[:7]} that writes the table to a CSV file")
+        _git(work, "push", "--quiet", "origin", "dump", env=env)
+        events = await _wait_for(stack, dump, "results.published")
+        held = [f for e in events if e.type == "outputs.held" for f in e.payload.files]
+        checked = next((e.payload for e in events if e.type == "outputs.checked"), None)
+        withheld_lines = sum(1 for c in (checked.log if checked else []) if c.verdict != "pass")
+        for item in held:
+            say(f"   held for security officers: {item.path} ({item.reason})")
+        if checked is not None:
+            say(f"   job log: {withheld_lines} check(s) withheld lines; see secd-run.log")
+        result["held"] = [{"path": f.path, "route": f.route, "reason": f.reason} for f in held]
     finally:
         await stack.stop()
     ok = (
@@ -268,6 +314,7 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         and result["runs"][0]["status"] == "published"
         and result["runs"][0]["outcome"] == "succeeded"
         and len(result["rejected"]) == 1
+        and len(result.get("held", [])) == 1
     )
     if as_json:
         print(json.dumps(result))

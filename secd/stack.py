@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -32,7 +33,13 @@ SERVICES = (
     "executor",
     "publisher",
     "checkpointer",
+    "airlock",
 )
+# The airlock's own read-only account on the embedded PostgreSQL (never a run's: those are
+# secd_r...). It reads the granted tables to compare outputs with them.
+AIRLOCK_READER = "airlock_reader"
+# The embedded site's security officers (review tokens in secrets/<officer>.token).
+OFFICERS = ("officer-1", "officer-2")
 
 
 _SERVICE_FOLDERS = {
@@ -43,6 +50,7 @@ _SERVICE_FOLDERS = {
         "envs_dir": "executor/envs",
     },
     "publisher": {"work_dir": "publisher/work"},
+    "airlock": {"work_dir": "airlock/work"},
 }
 
 
@@ -161,6 +169,21 @@ class Stack:
         if not checkpoint_key.exists():
             public = generate_signing_key(checkpoint_key)
             (self.state_dir / "secrets" / "checkpointer.pub").write_text(public + "\n")
+        # The airlock's fingerprint key, and the officers' review tokens (hashed in officers.toml).
+        airlock_key = self.state_dir / "secrets" / "airlock.key"
+        if not airlock_key.exists():
+            _write_private(airlock_key, secrets.token_hex(32))
+        officers_file = self.state_dir / "secrets" / "officers.toml"
+        if not officers_file.exists():
+            lines = ["# officer -> sha256 of the officer's review token", "[officers]"]
+            for officer in OFFICERS:
+                token = secrets.token_urlsafe(32)
+                _write_private(self.state_dir / "secrets" / f"{officer}.token", token)
+                lines.append(f'"{officer}" = "{hashlib.sha256(token.encode()).hexdigest()}"')
+            _write_private(officers_file, "\n".join(lines) + "\n")
+        if "airlock_reader" not in secret:
+            secret["airlock_reader"] = secrets.token_urlsafe(24)
+            _write_private(self.secrets_path, json.dumps(secret, indent=2))
         if self.config_path.exists():
             config = tomllib.loads(self.config_path.read_text())
         else:
@@ -187,6 +210,8 @@ class Stack:
             for key, folder in folders.items():
                 values.setdefault(key, folder)
         config["gateway"].setdefault("read_token_file", str(read_token_file))
+        config["gateway"].setdefault("officers_file", str(officers_file))
+        config.setdefault("airlock", {}).setdefault("key_file", str(airlock_key))
         for section, values in self.extra_config.items():
             config.setdefault(section, {}).update(values)
         if cluster is not None and len(config["nats"]["url"].split(",")) != cluster["size"]:
@@ -329,16 +354,29 @@ class Stack:
             verifier = scram_sha256_verifier(self.secret["postgres"])
             self._pg.psql(f"ALTER ROLE postgres PASSWORD '{verifier}';")
             self._pg.psql("CREATE DATABASE sensitive;")
+            # The airlock's read-only account: every table of the sensitive database, and every
+            # one made there later (by postgres).
+            reader = scram_sha256_verifier(self.secret["airlock_reader"])
+            self._pg.psql(
+                f"CREATE ROLE {AIRLOCK_READER} LOGIN NOINHERIT PASSWORD '{reader}';\n"
+                f"GRANT CONNECT ON DATABASE sensitive TO {AIRLOCK_READER};\n"
+                "\\c sensitive\n"
+                f"GRANT USAGE ON SCHEMA public TO {AIRLOCK_READER};\n"
+                f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {AIRLOCK_READER};\n"
+                "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public"
+                f" GRANT SELECT ON TABLES TO {AIRLOCK_READER};\n"
+            )
             hba.write_text(secured)
             self._pg.psql("SELECT pg_reload_conf();")
-        self.config["credentials"]["databases"] = {
-            "sensitive": {
-                "kind": "postgres",
-                "database": "sensitive",
-                "socket_dir": str(info.socket_dir),
-                "port": info.port or 5432,
-                "user": "postgres",
-            }
+        address = {
+            "kind": "postgres",
+            "database": "sensitive",
+            "socket_dir": str(info.socket_dir),
+            "port": info.port or 5432,
+        }
+        self.config["credentials"]["databases"] = {"sensitive": {**address, "user": "postgres"}}
+        self.config.setdefault("airlock", {})["databases"] = {
+            "sensitive": {**address, "user": AIRLOCK_READER}
         }
         self.config_path.write_text(_toml(self.config))
         if not self.secret.get("embedded_postgres"):
@@ -410,6 +448,8 @@ class Stack:
                 if db_name == "sensitive" and self._pg is not None:
                     key = f"SECD_CREDENTIALS__DATABASES__{db_name.upper()}__PASSWORD"
                     env[key] = self.secret["postgres"]
+        if name == "airlock" and self._pg is not None:
+            env["SECD_AIRLOCK__DATABASES__SENSITIVE__PASSWORD"] = self.secret["airlock_reader"]
         env.update(self.extra_env.get(name, {}))
         return env
 

@@ -34,6 +34,7 @@ FILES = (
     "hook-token",
     "executor.key",
     "checkpointer.key",
+    "airlock.key",
     "groups.toml",
     "secd.toml",
 )
@@ -80,6 +81,12 @@ private_key_file = "/etc/secd/executor.key"
 
 [checkpointer]
 private_key_file = "/etc/secd/checkpointer.key"
+
+[airlock]
+key_file = "/etc/secd/airlock.key"
+# The airlock's own read-only account on each database (create it, SELECT only, and give its
+# password as SECD_AIRLOCK__DATABASES__POSTGRES__PASSWORD in airlock.env); without one every
+# output of that database's runs is held for officers.
 """
 
 
@@ -133,6 +140,7 @@ def write_secrets(folder: Path) -> list[str]:
         lambda: f"KC_BOOTSTRAP_ADMIN_USERNAME=admin\nKC_BOOTSTRAP_ADMIN_PASSWORD={_password()}\n",
     )
     put("hook-token", lambda: secrets.token_urlsafe(32))
+    put("airlock.key", lambda: secrets.token_hex(32))
     if not (folder / "executor.key").exists():
         (folder / "executor.pub").write_text(generate_keypair(folder / "executor.key"))
         written.append("executor.key")

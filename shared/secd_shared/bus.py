@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -129,11 +131,10 @@ class EventBus:
         """
         data = encode_event(event)
         if event.type in REPEATABLE_TYPES:
-            # Several per run: the id the writer derives from the content keeps a retry from
+            # Several per run: an id from the payload (or the writer's own) keeps a retry from
             # writing a second copy (within the stream's duplicate window).
-            if msg_id is None:
-                raise ValueError(f"{event.type} is repeatable: give it a msg_id from its content")
-            headers = {"Nats-Msg-Id": msg_id}
+            content = hashlib.sha256(msgspec.json.encode(event.payload)).hexdigest()[:32]
+            headers = {"Nats-Msg-Id": msg_id or f"{event.run_id}.{event.type}.{content}"}
         else:
             headers = {
                 "Nats-Msg-Id": msg_id or f"{event.run_id}.{event.type}",

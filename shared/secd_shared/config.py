@@ -24,6 +24,7 @@ from secd_shared.limits import LIMIT_NAMES, LimitsConfig
 from secd_shared.secret import Secret
 
 __all__ = [
+    "AirlockConfig",
     "ArtifactsConfig",
     "BuildKitConfig",
     "BuilderConfig",
@@ -86,6 +87,9 @@ class GatewayConfig(_Section):
     port: int = 8740
     token_file: str = "gateway/hook-token"  # noqa: S105 - a path, not a secret
     max_body_bytes: int = 65536
+    # Security officers: a TOML file of `<officer> = "<sha256 of the officer's token>"` under
+    # [officers]; without it the review API answers 404.
+    officers_file: str | None = None
     # When set, reading runs and job logs needs `Authorization: Bearer <this file's token>`.
     read_token_file: str | None = None
 
@@ -317,6 +321,26 @@ class ArtifactsConfig(_Section):
     folder: str = "artifacts"
 
 
+class AirlockConfig(_Section):
+    """The airlock: what may leave the secure side, checked against the data itself."""
+
+    # The key of the fingerprints of the granted tables (keyed hashes; kept in memory only).
+    key_file: str = "airlock/key"
+    # The airlock's own read-only account on each database of [credentials.databases], by the
+    # same name (never a run's account); a database without one gets no source-match check,
+    # and every output of its runs is held for review.
+    databases: dict[str, DatabaseConfig] = msgspec.field(default_factory=dict)
+    # Files that pass every check go to the researcher at once; false: one officer releases them.
+    auto_release: bool = True
+    # Officers needed to release a file held for review, or to override a block.
+    reviewers: int = 2
+    # The checks' thresholds (secd_airlock.checks.Rules field names): sizes, rows, counts, ...
+    rules: dict[str, float] = msgspec.field(default_factory=dict)
+    # Folder of the airlock's working copies (outputs being checked; removed after).
+    work_dir: str = "airlock"
+    concurrency: int = 2
+
+
 class CheckpointerConfig(_Section):
     """Signed checkpoints of the log: the signing key, and how often to sign."""
 
@@ -339,6 +363,7 @@ class Config(_Section):
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     publisher: PublisherConfig = msgspec.field(default_factory=PublisherConfig)
     checkpointer: CheckpointerConfig = msgspec.field(default_factory=CheckpointerConfig)
+    airlock: AirlockConfig = msgspec.field(default_factory=AirlockConfig)
     artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
     # What one run may use (memory, CPUs, processes, /tmp, disk): defaults and the site maximum.
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)

@@ -380,7 +380,7 @@ EVENT_TYPES: tuple[str, ...] = tuple(
     )
 )
 # Written more than once per run; the writer gives each a message id from its content.
-REPEATABLE_TYPES: tuple[str, ...] = ("outputs.released", "review.recorded")
+REPEATABLE_TYPES: tuple[str, ...] = ("outputs.released", "outputs.withheld", "review.recorded")
 # After one of these nothing more runs for the run; credentials revoke, the publisher publishes.
 TERMINAL_TYPES: tuple[str, ...] = ("run.finished", "run.failed", "run.rejected")
 

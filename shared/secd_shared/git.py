@@ -398,6 +398,10 @@ class Repository:
         zero = "0" * len(commit)
         self.run("update-ref", "-m", message, "--end-of-options", ref, commit, zero)
 
+    def move_ref(self, ref: str, commit: str, old: str, *, message: str) -> None:
+        """Point `ref` at `commit` only if it points at `old` now; raises `error` otherwise."""
+        self.run("update-ref", "-m", message, "--end-of-options", ref, commit, old)
+
     def add_note(self, notes_ref: str, obj: str, text: str, *, identity: tuple[str, str]) -> None:
         """Set the note on `obj` under `notes_ref` to `text`, replacing any earlier one."""
         self.run(

@@ -54,10 +54,12 @@ def _networks(service: dict) -> set[str]:
     return set(networks if isinstance(networks, list) else networks.keys())
 
 
-def test_only_credentials_and_the_job_runtime_share_the_sensitive_network(compose: dict) -> None:
+def test_only_credentials_the_airlock_and_the_job_runtime_share_the_sensitive_network(
+    compose: dict,
+) -> None:
     services = compose["services"]
     on_sensitive = {name for name, s in services.items() if "sensitive" in _networks(s)}
-    assert on_sensitive == DATABASES | {"credentials", "executor"}
+    assert on_sensitive == DATABASES | {"credentials", "executor", "airlock"}
     for database in DATABASES:
         assert _networks(services[database]) == {"sensitive"}, database
         assert "ports" not in services[database], f"{database} is published outside"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from collections import Counter
@@ -18,19 +17,21 @@ from secd.audit import verify_command
 from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.pushes import PUSH_STREAM
 from secd_shared.runs import fold_run
+from tests.helpers import is_root, requires
 
 from .conftest import run_of, start_stack
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the bubblewrap sandbox needs root to start"),
+    requires(is_root(), "the bubblewrap sandbox needs root to start"),
 ]
 
-STREAMS = ("SECD", "SECD_LOGS", "SECD_CHECKPOINTS", PUSH_STREAM)
+STREAMS = ("SECD", "SECD_LOGS", "SECD_LOGVIEW", "SECD_CHECKPOINTS", PUSH_STREAM)
 # Every event of a run that succeeded, each once.
 SUCCEEDED = (
     "push.received", "push.verified", "build.succeeded", "credentials.issued", "run.started",
-    "run.finished", "credentials.revoked", "results.published",
+    "run.finished", "credentials.revoked", "outputs.checked", "outputs.released",
+    "results.published",
 )  # fmt: skip
 
 TRIVIAL_JOB = """\
@@ -103,7 +104,8 @@ async def test_runs_pushed_while_the_log_leader_is_killed_are_each_published_onc
     heads = []
 
     def push(n: int) -> None:
-        files = {"main.py": TRIVIAL_JOB, "n.txt": f"{n}\n", "secd.yml": "runfor: 0.05\n"}
+        secd_yml = "runfor: 0.05\noutputs: [{path: n.txt, kind: text}]\n"
+        files = {"main.py": TRIVIAL_JOB, "n.txt": f"{n}\n", "secd.yml": secd_yml}
         heads.append(repo.commit(files))
         repo.push()
 

@@ -10,12 +10,13 @@ import subprocess
 import pytest
 
 from secd_shared.runs import fold_run
+from tests.helpers import is_root, requires
 
 from .conftest import run_of
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the bubblewrap sandbox needs root to start"),
+    requires(is_root(), "the bubblewrap sandbox needs root to start"),
 ]
 
 
@@ -117,7 +118,8 @@ open(os.environ["OUTPUT_PATH"] + "/uid.txt", "w").write(str(os.getuid()))
 async def test_each_run_has_a_uid_of_its_own(stack, repo):
     uids = []
     for _ in range(2):
-        head = repo.commit({"main.py": UID_JOB, "secd.yml": "runfor: 0.05\n"})
+        secd_yml = "runfor: 0.05\noutputs: [{path: uid.txt, kind: text}]\n"
+        head = repo.commit({"main.py": UID_JOB, "secd.yml": secd_yml})
         repo.push()
         run = await run_of(stack, head, "results.published")
         uids.append(int(_show(stack, run, "output/uid.txt")))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,14 +14,14 @@ import pytest
 
 from secd.audit import open_log
 from secd_shared.runs import fold_run
-from tests.helpers import wait_until
+from tests.helpers import is_root, requires, wait_until
 
 from .conftest import run_of
 
 pytestmark = [
     pytest.mark.timeout(300),
     # The sandbox starts as root and drops to an unprivileged uid; CI runs as root.
-    pytest.mark.skipif(os.geteuid() != 0, reason="the bubblewrap sandbox needs root to start"),
+    requires(is_root(), "the bubblewrap sandbox needs root to start"),
 ]
 
 PROBE_JOB = '''\
@@ -71,7 +70,8 @@ def _project(stack, sleep: float = 0) -> dict[str, str]:
         "main.py": PROBE_JOB,
         "probe.json": json.dumps({"gateway_port": stack.config["gateway"]["port"], "sleep": sleep}),
         "requirements.txt": "pg8000==1.31.2\n",
-        "secd.yml": "runfor: 0.05\n",
+        "secd.yml": "runfor: 0.05\noutputs:\n  - {path: report.json, kind: metrics}\n"
+        "  - {path: password.txt, kind: text}\n",
     }
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
-from secd_shared.events import RunSpec
+from secd_shared.events import OUTPUT_KINDS, DeclaredOutput, RunSpec
 from secd_shared.limits import Limits, LimitsConfig, parse_requested
+from secd_shared.outputs import MAX_OUTPUTS, check_glob
 
 __all__ = ["KEYS", "RESERVED_MOUNTS", "SpecError", "parse_spec"]
 
@@ -27,6 +28,7 @@ KEYS: tuple[str, ...] = (
     "command",
     "database",
     "limits",
+    "outputs",
 )
 
 # The sandbox's own directories: a cache mounted on or under one would hide or replace it.
@@ -216,6 +218,45 @@ def _limits(value: Any, maximum: Limits) -> Any:
         raise SpecError(f"secd.yml: {exc}") from None
 
 
+_OUTPUT_KEYS = ("path", "kind", "description")
+_OUTPUT_EXAMPLE = "outputs: [{path: 'counts.csv', kind: counts, description: 'patients per ward'}]"
+
+
+def _outputs(value: Any) -> list[DeclaredOutput]:
+    if not isinstance(value, list):
+        raise _fail("outputs", f"must be a list of files, like {_OUTPUT_EXAMPLE}", value)
+    if len(value) > MAX_OUTPUTS:
+        raise SpecError(f"secd.yml: outputs: at most {MAX_OUTPUTS} entries (globs match many)")
+    declared = []
+    for number, entry in enumerate(value, 1):
+        where = f"outputs[{number}]"
+        if not isinstance(entry, dict):
+            raise _fail(where, "must be a mapping with path, kind and description", entry)
+        unknown = [k for k in entry if k not in _OUTPUT_KEYS]
+        if unknown:
+            raise SpecError(
+                f"secd.yml: {where}: unknown key {_shown(unknown[0])}; use path, kind, description"
+            )
+        path = entry.get("path")
+        if not isinstance(path, str):
+            raise _fail(f"{where}.path", "must be a glob relative to OUTPUT_PATH", path)
+        problem = check_glob(path)
+        if problem:
+            raise _fail(f"{where}.path", problem, path)
+        kind = entry.get("kind")
+        if kind not in OUTPUT_KINDS:
+            raise _fail(f"{where}.kind", f"must be one of {', '.join(OUTPUT_KINDS)}", kind)
+        description = entry.get("description", "")
+        if not isinstance(description, str) or len(description) > 1000:
+            raise _fail(
+                f"{where}.description", "must be text of at most 1000 characters", description
+            )
+        if _CONTROL.search(description.replace("\n", " ")):
+            raise _fail(f"{where}.description", "must not hold control characters", description)
+        declared.append(DeclaredOutput(path=path, kind=kind, description=description))
+    return declared
+
+
 def parse_spec(
     text: str | None, *, max_runfor_h: float = 24.0, max_limits: Limits | None = None
 ) -> RunSpec:
@@ -257,4 +298,6 @@ def parse_spec(
         fields["database"] = _database(data["database"])
     if "limits" in data:
         fields["limits"] = _limits(data["limits"], max_limits or LimitsConfig().maximum())
+    if "outputs" in data:
+        fields["outputs"] = _outputs(data["outputs"])
     return RunSpec(**fields)

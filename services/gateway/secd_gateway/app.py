@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from secd_gateway.body import read_body, require_json
 from secd_gateway.projection import ProjectionLoading, RunProjection
 from secd_gateway.push import check_ref, receive_push
-from secd_shared.bus import LOG_STREAM, EventBus, log_subject
+from secd_shared.bus import LOG_VIEW_STREAM, EventBus, log_view_subject
 from secd_shared.config import Config
 from secd_shared.events import TERMINAL_TYPES, PushReceived
 from secd_shared.forge import ForgeError, check_pushed_commit, validate_repository_name
@@ -31,6 +31,7 @@ from secd_shared.service import producer_for
 from secd_shared.tail import text_tail
 
 from .gitlab_hook import add_gitlab_hook
+from .reviews import add_review_api
 
 __all__ = ["HookBody", "create_app"]
 
@@ -118,6 +119,8 @@ def create_app(
             raise ValueError("forge.kind is gitlab: the gateway needs the hook's secret token")
         add_gitlab_hook(app, config, bus, register, gitlab_secret, producer)
 
+    add_review_api(app, bus, config.gateway.officers_file, producer, limit)
+
     @app.post("/hooks/git", status_code=202)
     async def git_hook(request: Request) -> JSONResponse:
         """The embedded forge's post-receive hook: one pushed ref -> push.received."""
@@ -184,15 +187,16 @@ def create_app(
         if view is None:
             raise HTTPException(404, "no such run")
         if not view.log_tail and any(t == "run.started" for t, _ in view.events):
-            # The job's output is not in the audit log: its tail comes from the job-log stream.
-            last = await bus.last(log_subject(run_id), stream=LOG_STREAM)
+            # The job's output is not in the audit log: its tail comes from the checked live log.
+            last = await bus.last(log_view_subject(run_id), stream=LOG_VIEW_STREAM)
             if last:
                 view.log_tail = text_tail(last)
         return Response(msgspec.json.encode(view.as_dict()), media_type="application/json")
 
     @app.get("/runs/{run_id}/logs", dependencies=readers)
     async def run_logs(run_id: str, follow: bool = False) -> StreamingResponse:
-        """The job's output; with follow=true it keeps streaming until the run has ended."""
+        """The job's output as the airlock let it through (each line checked); with follow=true
+        it keeps streaming until the run has ended."""
         if not _is_run_id(run_id) or not await bus.read_run(run_id):
             raise HTTPException(404, "no such run")
 
@@ -203,7 +207,9 @@ def create_app(
                 ended = follow and any(
                     s.event.type in TERMINAL_TYPES for s in await bus.read_run(run_id)
                 )
-                async for stored in bus.read(log_subject(run_id), start_seq=seq, stream=LOG_STREAM):
+                async for stored in bus.read(
+                    log_view_subject(run_id), start_seq=seq, stream=LOG_VIEW_STREAM
+                ):
                     seq = stored.seq + 1
                     yield stored.data
                 if not follow or ended:

@@ -16,7 +16,7 @@ from pathlib import Path
 from secd_shared.git import Repository
 from secd_shared.safepath import Beneath
 
-__all__ = ["PublishError", "list_files", "publish_branch"]
+__all__ = ["PublishError", "extend_branch", "list_files", "publish_branch"]
 
 MAX_PATH_CHARS = 4096
 
@@ -90,6 +90,63 @@ def _hash_file(git: Repository, source: Path | Beneath) -> str:
         os.close(fd)
 
 
+def _blob_entries(git: Repository, files: dict[str, Path | Beneath | bytes]) -> dict[str, str]:
+    blobs = {}
+    for path in sorted(files):
+        content = files[path]
+        if isinstance(content, bytes | bytearray | memoryview):
+            blobs[path] = git.hash_object(bytes(content))
+        else:
+            blobs[path] = _hash_file(
+                git, content if isinstance(content, Beneath) else Path(content)
+            )
+    return blobs
+
+
+def _tree_of(git: Repository, blobs: dict[str, str]) -> str:
+    entries = b"".join(
+        f"100644 {sha}\t{path}".encode() + b"\0" for path, sha in sorted(blobs.items())
+    )
+    with tempfile.TemporaryDirectory(prefix="secd-publish-") as scratch:
+        index = Path(scratch) / "index"
+        if entries:
+            git.update_index(entries, index_file=index)
+        return git.write_tree(index_file=index)
+
+
+def extend_branch(
+    repo: Path,
+    branch: str,
+    files: dict[str, Path | Beneath | bytes],
+    message: str,
+    *,
+    author: tuple[str, str] = ("secd", "secd@localhost"),
+) -> str:
+    """Add (or replace) `files` on the existing branch `branch` as a new commit; returns the
+    branch's head. Idempotent: when every file is there already with the same content, the head
+    is returned as it is. A branch moved meanwhile by another writer: PublishError (retry)."""
+    _check_branch(branch)
+    _check_paths(list(files))
+    git = _repository(repo)
+    ref = f"refs/heads/{branch}"
+    head = git.resolve(ref)
+    if head is None:
+        raise PublishError(f"branch {branch} does not exist yet")
+    current: dict[str, str] = {}
+    for line in git.ls_tree(head, options=["-r", "-z"]).split(b"\0"):
+        if line:
+            meta, _, path = line.partition(b"\t")
+            current[path.decode("utf-8", "surrogateescape")] = meta.split()[2].decode()
+    blobs = _blob_entries(git, files)
+    if all(current.get(path) == sha for path, sha in blobs.items()):
+        return head
+    merged = {**current, **blobs}
+    _check_paths(list(merged))
+    commit = git.commit_tree(_tree_of(git, merged), [head], message, identity=author)
+    git.move_ref(ref, commit, head, message="secd: release more results")
+    return commit
+
+
 def publish_branch(
     repo: Path,
     branch: str,
@@ -112,21 +169,9 @@ def publish_branch(
     if existing is not None:
         return existing
     parent_sha = _resolve_commit(git, parent) if parent is not None else None
-    entries: list[bytes] = []
-    for path in sorted(paths):
-        content = files[path]
-        if isinstance(content, bytes | bytearray | memoryview):
-            sha = git.hash_object(bytes(content))
-        else:
-            sha = _hash_file(git, content if isinstance(content, Beneath) else Path(content))
-        entries.append(f"100644 {sha}\t{path}".encode() + b"\0")
-    with tempfile.TemporaryDirectory(prefix="secd-publish-") as scratch:
-        index = Path(scratch) / "index"
-        # The tree holds the results only (docs/researcher.md): the parent links them to the
-        # pushed commit, but the source is not copied onto the results branch.
-        if entries:
-            git.update_index(b"".join(entries), index_file=index)
-        tree = git.write_tree(index_file=index)
+    # The tree holds the results only (docs/researcher.md): the parent links them to the
+    # pushed commit, but the source is not copied onto the results branch.
+    tree = _tree_of(git, _blob_entries(git, files))
     parents = [parent_sha] if parent_sha is not None else []
     commit = git.commit_tree(tree, parents, message, identity=author)
     try:

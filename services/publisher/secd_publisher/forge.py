@@ -20,7 +20,7 @@ from secd_shared.events import PushReceived
 from secd_shared.forge import repository_path
 from secd_shared.git import Repository
 
-from .branch import PublishError, publish_branch
+from .branch import PublishError, extend_branch, publish_branch
 from .forge_port import STATES, CommitStatus, ForgeUnavailable, ResultsForge
 
 __all__ = [
@@ -50,6 +50,12 @@ class EmbeddedResults:
         repo = repository_path(self.root, push.repository)
         return publish_branch(repo, branch, push.after, files, message, author=author)
 
+    def extend(self, push, branch, files, message, author) -> str:
+        """Add a commit to the results branch in the bare repository."""
+        repo = repository_path(self.root, push.repository)
+        with _locked(repo, "secd-results.lock"):
+            return extend_branch(repo, branch, files, message, author=author)
+
     def set_status(self, push: PushReceived, status: CommitStatus) -> None:
         """Keep the status as a git note on the commit (`git log --notes=secd` shows it)."""
         repo = repository_path(self.root, push.repository)
@@ -70,9 +76,10 @@ class EmbeddedResults:
 
 
 @contextlib.contextmanager
-def _locked(repo: Path) -> Iterator[None]:
-    """One notes writer per repository: `git notes` does not merge concurrent updates."""
-    fd = os.open(repo / "secd-notes.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+def _locked(repo: Path, name: str = "secd-notes.lock") -> Iterator[None]:
+    """One writer per repository of notes (`git notes` does not merge concurrent updates), or
+    of results branches' later commits."""
+    fd = os.open(repo / name, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -49,6 +49,19 @@ class ResultsForge(Protocol):
         a branch that already exists is returned as it is. Raises PublishError, ForgeUnavailable."""
         ...
 
+    def extend(
+        self,
+        push: PushReceived,
+        branch: str,
+        files: dict[str, Path | Beneath | bytes],
+        message: str,
+        author: tuple[str, str],
+    ) -> str:
+        """Add `files` to the existing branch `branch` as a new commit (files released later);
+        returns its head. Safe to repeat: files already there unchanged add nothing.
+        Raises PublishError, ForgeUnavailable."""
+        ...
+
     def set_status(self, push: PushReceived, status: CommitStatus) -> None:
         """Set the pushed head's status. Repeating a state is not an error (the forge may keep
         the first description, as GitLab does). Raises ForgeUnavailable."""

@@ -18,9 +18,10 @@ import requests
 from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge_git import ForgeGitError, GitMirrors
+from secd_shared.git import Repository
 from secd_shared.gitlab_client import gitlab_client, gitlab_token
 
-from .branch import publish_branch
+from .branch import PublishError, extend_branch, publish_branch
 from .forge_port import CommitStatus, ForgeUnavailable
 
 __all__ = ["GitLabResults"]
@@ -70,6 +71,23 @@ class GitLabResults:
                 if winner is None:
                     raise
                 return winner
+            return commit
+        except ForgeGitError as exc:
+            raise ForgeUnavailable(str(exc)) from None
+
+    def extend(self, push, branch, files, message, author) -> str:
+        """Push a child of the results branch's head with `files` added (a fast-forward)."""
+        try:
+            head = self.mirrors.remote_branch(push.repository, branch)
+            if head is None:
+                raise PublishError(f"branch {branch} is not on the forge yet")
+            repo = self.mirrors.fetch(push.repository, [head])
+            Repository(repo, error=PublishError).run(
+                "update-ref", "--end-of-options", f"refs/heads/{branch}", head
+            )
+            commit = extend_branch(repo, branch, files, message, author=author)
+            if commit != head:
+                self.mirrors.push_branch(push.repository, branch, commit)
             return commit
         except ForgeGitError as exc:
             raise ForgeUnavailable(str(exc)) from None

@@ -1,9 +1,12 @@
-"""run.finished | run.failed | run.rejected -> results.published.
+"""run.rejected | run.failed | outputs.released -> results.published.
 
 Every run that reached the forge gets its outcome back in the repository, as branch
-`secd/<run_id>`: the outputs, the job log, a manifest, and for a failed or rejected run the reason
-in one line with the log's tail, so the researcher sees it where they work. A push rejected
-because its pusher is no researcher secd knows gets nothing: the repository may be anyone's.
+`secd/<run_id>`: what the airlock released of its outputs, the job log as the airlock let it
+through, a manifest, what stays held for security officers (and why, in check names), and for a
+failed or rejected run the reason in one line, so the researcher sees it where they work. Files
+officers release later come as further commits on the same branch. Nothing the job wrote or
+printed is published without the airlock's `outputs.released`. A push rejected because its
+pusher is no researcher secd knows gets nothing: the repository may be anyone's.
 """
 
 from __future__ import annotations
@@ -11,56 +14,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from secd_publisher.branch import PublishError
 from secd_publisher.forge import ForgeUnavailable, ResultsForge, make_results_forge
 from secd_publisher.status import StatusReporter
-from secd_shared.artifacts import ArtifactError, ArtifactStore, artifact_store, get_tree
+from secd_shared.artifacts import ArtifactError, ArtifactStore, artifact_store
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
-from secd_shared.events import PushReceived, ResultsPublished
+from secd_shared.events import (
+    OutputsChecked,
+    OutputsHeld,
+    OutputsReleased,
+    PushReceived,
+    ResultsPublished,
+)
 from secd_shared.forge import ForgeError
 from secd_shared.runs import RunView, fold_run
-from secd_shared.safepath import Beneath, PathRefused, open_beneath, regular_files
+from secd_shared.safepath import Beneath
 from secd_shared.tail import log_tail
 from secd_shared.worker import PermanentError, TransientError
 
 log = logging.getLogger("secd.publisher")
 
-__all__ = ["Publisher", "collect_outputs", "setup"]
-
-MAX_OUTPUT_BYTES = 2 * 1024**3
-
-
-def collect_outputs(output: Path) -> tuple[dict[str, Beneath], list[dict]]:
-    """Regular files under the run's output, and what was left out and why.
-
-    The job controlled this folder: a symlink or device here must never make us (outside the
-    sandbox) read a file of the host, so only regular files are taken, reached below the
-    output folder without following any link (secd_shared.safepath), now and when read.
-    """
-    files: dict[str, Beneath] = {}
-    excluded: list[dict] = []
-    total = 0
-    try:
-        fd = open_beneath(output.parent, [output.name])
-    except (PathRefused, OSError):
-        return files, excluded
-    skipped: list[str] = []
-    try:
-        for rel, _folder_fd, info in regular_files(fd, skipped):
-            if total + info.st_size > MAX_OUTPUT_BYTES:
-                excluded.append({"path": rel, "reason": "outputs exceed 2 GiB in all"})
-                continue
-            total += info.st_size
-            files[f"output/{rel}"] = Beneath(output, tuple(rel.split("/")))
-    finally:
-        os.close(fd)
-    excluded += [{"path": p, "reason": "not a regular file (link or device)"} for p in skipped]
-    return files, excluded
+__all__ = ["Publisher", "setup"]
 
 
 class Publisher:
@@ -83,10 +61,15 @@ class Publisher:
         self.work_dir = config.path(config.publisher.work_dir)
 
     async def on_ended(self, stored: StoredEvent) -> list[ResultsPublished]:
-        """Publish the outcome of one run."""
-        run = await self.bus.read_run(stored.event.run_id)
+        """Publish the outcome of one run, or add files officers released to its branch."""
+        event = stored.event
+        payload = event.payload
+        if event.type == "run.failed" and (payload.outputs or payload.log):
+            return []  # the job ran: its outputs and log leave through the airlock only
+        run = await self.bus.read_run(event.run_id)
         events = [s.event for s in run]
-        if any(e.type == "results.published" for e in events):
+        later = isinstance(payload, OutputsReleased) and not payload.first
+        if not later and any(e.type == "results.published" for e in events):
             return []
         push = next((e.payload for e in events if e.type == "push.received"), None)
         if not isinstance(push, PushReceived):
@@ -96,18 +79,18 @@ class Publisher:
             log.info(
                 "nothing written to %s: the pusher is no researcher secd knows",
                 push.repository,
-                extra={"run_id": stored.event.run_id},
+                extra={"run_id": event.run_id},
             )
             return []
-        view = fold_run(stored.event.run_id, events)
-        terminal = next(
-            e for e in reversed(events) if e.type in ("run.finished", "run.failed", "run.rejected")
-        )
-        work = self.work_dir / stored.event.run_id
+        view = fold_run(event.run_id, events)
+        work = self.work_dir / event.run_id / event.id
         await asyncio.to_thread(shutil.rmtree, work, True)
         try:
-            output, log_path = await self._fetch(terminal.payload, work)
-            return [await asyncio.to_thread(self._publish, push, view, output, log_path)]
+            released, log_path = await self._fetch(payload, work)
+            if later:
+                await asyncio.to_thread(self._extend, push, view, released, payload.by)
+                return []
+            return [await asyncio.to_thread(self._publish, push, view, events, released, log_path)]
         except ArtifactError as exc:
             # Aged out of the store, or damaged: a retry would find the same.
             raise PermanentError(f"the run's results cannot be read: {exc}") from None
@@ -120,29 +103,47 @@ class Publisher:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 
-    async def _fetch(self, payload, work: Path) -> tuple[Path | None, Path | None]:
-        """The run's outputs and log, from the store into this service's own folder."""
-        outputs = getattr(payload, "outputs", None)
-        job_log = getattr(payload, "log", None)
-        output = log_path = None
-        if outputs:
-            output = work / "output"
-            await get_tree(self.store, outputs, output)
-        if job_log:
+    async def _fetch(self, payload, work: Path) -> tuple[dict[str, Path], Path | None]:
+        """The released files and the checked log, from the store into this service's folder."""
+        released: dict[str, Path] = {}
+        log_path = None
+        if not isinstance(payload, OutputsReleased):
+            return released, None
+        await asyncio.to_thread(work.mkdir, parents=True)
+        for number, item in enumerate(payload.files):
+            local = work / f"{number}.out"
+            await self.store.get_file(item.artifact, local)
+            released[f"output/{item.path}"] = local
+        if payload.log:
             log_path = work / "job.log"
-            await self.store.get_file(job_log, log_path)
-        return output, log_path
+            await self.store.get_file(payload.log, log_path)
+        return released, log_path
+
+    def _extend(
+        self, push: PushReceived, view: RunView, released: dict[str, Path], by: list[str]
+    ) -> str:
+        branch = f"{self.prefix}{view.run_id}"
+        names = ", ".join(sorted(p.removeprefix("output/") for p in released))
+        message = f"secd: released by security officers ({', '.join(by)})\n\n{names}\n"
+        return self.forge.extend(push, branch, dict(released), message, self.author)
 
     def _publish(
-        self, push: PushReceived, view: RunView, output: Path | None, log_path: Path | None
+        self,
+        push: PushReceived,
+        view: RunView,
+        events: list,
+        released: dict[str, Path],
+        log_path: Path | None,
     ) -> ResultsPublished:
-        files, excluded = collect_outputs(output) if output else ({}, [])
-        content: dict[str, Path | Beneath | bytes] = dict(files)
+        checked = next((e.payload for e in events if isinstance(e.payload, OutputsChecked)), None)
+        held = [f for e in events if isinstance(e.payload, OutputsHeld) for f in e.payload.files]
+        content: dict[str, Path | Beneath | bytes] = dict(released)
         if log_path is not None:
             content["secd-run.log"] = log_path
-            # The job's output never enters the audit log; its tail is read here, for the
-            # researcher's summary only.
+            # The job's output never enters the audit log; the tail of the checked log is read
+            # here, for the researcher's summary only.
             view.log_tail = view.log_tail or log_tail(log_path)
+        undeclared = checked.undeclared if checked else 0
         manifest = {
             "run_id": view.run_id,
             "outcome": view.outcome,
@@ -157,11 +158,12 @@ class Publisher:
             "granted": view.granted,
             "refused": view.refused,
             "stages_s": {k: round(v, 3) for k, v in view.stages.items()},
-            "files": sorted(files),
-            "excluded": excluded,
+            "files": sorted(released),
+            "held": [{"path": f.path, "sha256": f.sha256, "why": f.reason} for f in held],
+            "undeclared": undeclared,
         }
         content["secd-manifest.json"] = json.dumps(manifest, indent=2).encode() + b"\n"
-        content["SECD-RESULT.md"] = _summary(view, excluded).encode()
+        content["SECD-RESULT.md"] = _summary(view, held, undeclared).encode()
         branch = f"{self.prefix}{view.run_id}"
         commit = self.forge.publish(
             push,
@@ -179,7 +181,7 @@ class Publisher:
         )
 
 
-def _summary(view: RunView, excluded: list[dict]) -> str:
+def _summary(view: RunView, held: list, undeclared: int) -> str:
     lines = [f"# secd run {view.run_id}: {view.outcome}", ""]
     if view.reason:
         lines += [f"**Why:** {view.reason}", ""]
@@ -190,8 +192,21 @@ def _summary(view: RunView, excluded: list[dict]) -> str:
         lines.append(f"- not granted: {refusal['name']}: {refusal['reason']}")
     if view.exit_code is not None:
         lines.append(f"- exit code: {view.exit_code}")
-    for item in excluded:
-        lines.append(f"- left out of the results: {item['path']}: {item['reason']}")
+    if held:
+        lines += ["", "## Held by the airlock", ""]
+        lines.append(
+            f"{len(held)} file(s) stay on the secure side until security officers decide; "
+            "released files arrive as later commits on this branch."
+        )
+        lines.append("")
+        for item in held:
+            lines.append(f"- {item.path} ({item.reason}), sha256 {item.sha256[:12]}")
+    if undeclared:
+        lines += [
+            "",
+            f"{undeclared} file(s) the job wrote are not declared in secd.yml's `outputs:` "
+            "and are not released; declare the files you mean to release.",
+        ]
     if view.log_tail:
         lines += ["", "## Last lines of the job log", "", "```", view.log_tail.rstrip(), "```"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,412 @@
+"""run.finished | run.failed -> outputs.checked, outputs.released, outputs.held;
+review.recorded -> outputs.released | outputs.withheld.
+
+Nothing a job wrote or printed reaches the researcher without passing here. The job's outputs
+and log come from the artifact store by the digests the run's end names; only files declared in
+secd.yml's `outputs:` can be released (others are counted, never named to the researcher);
+every declared file and the log go through the automatic checks (secd_airlock.checks), against
+the granted tables themselves (secd_airlock.sources). A file that passes every check is released
+(`[airlock] auto_release`), one with a `review` verdict waits for `reviewers` security officers,
+one with a `block` verdict for as many officers overriding it with a reason; any officer's
+rejection withholds it. The job log goes out with the lines that failed a check replaced by
+markers; officers see the whole log in the artifact store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from secd_airlock.checks import (
+    FileReport,
+    Finding,
+    OutputFile,
+    Report,
+    Rules,
+    SourceIndex,
+    check_outputs,
+)
+from secd_airlock.sources import SourceError, Sources
+from secd_shared.artifacts import (
+    MAX_MANIFEST_BYTES,
+    ArtifactError,
+    ArtifactStore,
+    Tree,
+    artifact_store,
+)
+from secd_shared.bus import EventBus, StoredEvent
+from secd_shared.config import Config, ConfigError
+from secd_shared.events import (
+    CheckedFile,
+    CheckResult,
+    CredentialsIssued,
+    DeclaredOutput,
+    HeldFile,
+    OutputsChecked,
+    OutputsHeld,
+    OutputsReleased,
+    OutputsWithheld,
+    ReleasedFile,
+    ReviewRecorded,
+    WithheldFile,
+)
+from secd_shared.outputs import declared_for
+from secd_shared.worker import PermanentError, TransientError
+
+log = logging.getLogger("secd.airlock")
+
+__all__ = ["Airlock", "Decision", "decide", "load_rules", "setup"]
+
+MAX_LOG_BYTES = 64 * 1024 * 1024
+# What a file's verdict needs before it may leave.
+ROUTES = {"pass": "automatic", "review": "review", "block": "override"}
+_CHECKS_NAME = "airlock"
+
+
+def load_rules(values: dict[str, float]) -> Rules:
+    """The site's `[airlock] rules`, checked against the names the checks know."""
+    known = Rules.__dataclass_fields__
+    for name in values:
+        if name not in known:
+            raise ConfigError(
+                f"airlock.rules.{name} is not a known rule; known: {', '.join(sorted(known))}"
+            )
+    fields = {k: type(getattr(Rules(), k))(v) for k, v in values.items()}
+    return Rules(**fields)
+
+
+def _results(findings: tuple[Finding, ...] | list[Finding]) -> list[CheckResult]:
+    return [
+        CheckResult(name=f.check, version=f.version, verdict=f.verdict, evidence=f.evidence)
+        for f in findings
+    ]
+
+
+def _reason(report: FileReport) -> str:
+    """One line for the researcher: which checks held the file (their names, no evidence)."""
+    names = sorted({f.check for f in report.findings if f.verdict != "pass"})
+    return f"{report.verdict}: {', '.join(names)}" if names else report.verdict
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What officers' reviews decide for one held file."""
+
+    sha256: str
+    outcome: str  # "release", "withhold" or "pending"
+    officers: tuple[str, ...]
+    reason: str = ""
+
+
+def decide(held: HeldFile, reviews: list[ReviewRecorded], researcher: str, needed: int) -> Decision:
+    """Two-person rule: `needed` different officers (never the researcher) approve; an override
+    of a block needs a reason from each; one rejection withholds the file."""
+    votes: dict[str, ReviewRecorded] = {}
+    for review in reviews:
+        if review.sha256 != held.sha256 or review.officer == researcher:
+            continue
+        votes.setdefault(review.officer, review)  # an officer's first vote counts
+    rejected = [v for v in votes.values() if v.decision == "reject"]
+    if rejected:
+        return Decision(held.sha256, "withhold", (rejected[0].officer,), rejected[0].reason)
+    approvals = [
+        v
+        for v in votes.values()
+        if v.decision == "approve" and (held.route != "override" or v.reason.strip())
+    ]
+    if len(approvals) >= needed:
+        return Decision(held.sha256, "release", tuple(sorted(v.officer for v in approvals)))
+    return Decision(held.sha256, "pending", tuple(sorted(v.officer for v in approvals)))
+
+
+class Airlock:
+    """Checks each run's outputs and log, and applies officers' decisions."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        store: ArtifactStore,
+        sources: Sources,
+        rules: Rules,
+        *,
+        auto_release: bool = True,
+        reviewers: int = 2,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.sources = sources
+        self.rules = rules
+        self.auto_release = auto_release
+        self.reviewers = max(1, reviewers)
+
+    async def on_ended(self, stored: StoredEvent) -> list:
+        """Check what the job wrote and printed; release what passes, hold the rest."""
+        payload = stored.event.payload
+        outputs, job_log = getattr(payload, "outputs", None), getattr(payload, "log", None)
+        if not outputs and not job_log:
+            return []  # the job never ran: the publisher reports the failure itself
+        run = await self.bus.read_run(stored.event.run_id)
+        if any(s.event.type == "outputs.checked" for s in run):
+            return []
+        issued = next(
+            (s.event.payload for s in run if isinstance(s.event.payload, CredentialsIssued)), None
+        )
+        declared = list(issued.plan.spec.outputs) if issued else []
+        try:
+            files, undeclared, oversized = await self._declared_files(outputs, declared)
+            log_bytes = (
+                await self.store.get_bytes(job_log, max_bytes=MAX_LOG_BYTES) if job_log else b""
+            )
+        except ArtifactError as exc:
+            raise PermanentError(f"the run's outputs cannot be read: {exc}") from None
+        index, source_note = await self._index(issued)
+        report = await asyncio.to_thread(
+            check_outputs, [f for f, _ in files], log_bytes, index, self.rules
+        )
+        return await self._outcome(report, files, oversized, undeclared, source_note)
+
+    async def _declared_files(
+        self, outputs: str | None, declared: list[DeclaredOutput]
+    ) -> tuple[list[tuple[OutputFile, str]], int, list[tuple[str, int, str]]]:
+        """(file, its artifact digest) for every declared file, the number of undeclared ones,
+        and (path, size, sha256) of declared files too big to read."""
+        if not outputs:
+            return [], 0, []
+        tree = Tree.decode(await self.store.get_bytes(outputs, max_bytes=MAX_MANIFEST_BYTES))
+        files, oversized, undeclared = [], [], 0
+        for entry in tree.files:
+            declaration = declared_for(entry.path, declared)
+            if declaration is None:
+                undeclared += 1
+                continue
+            sha = entry.digest.removeprefix("sha256:")
+            if entry.size > self.rules.max_file_bytes:
+                oversized.append((entry.path, entry.size, sha))
+                continue
+            data = await self.store.get_bytes(entry.digest, max_bytes=self.rules.max_file_bytes)
+            files.append((OutputFile(entry.path, data, declaration.kind), entry.digest))
+        return files, undeclared, oversized
+
+    async def _index(self, issued: CredentialsIssued | None) -> tuple[SourceIndex, str]:
+        """The granted tables' index, or an empty one and why (then nothing passes on its own)."""
+        if issued is None or not issued.granted:
+            return SourceIndex.build(b"none", [], self.rules), ""
+        if not self.sources.covers(issued.database):
+            return SourceIndex.build(b"none", [], self.rules), (
+                f"the airlock cannot read database {issued.database!r} to compare outputs with it"
+            )
+        try:
+            return await self.sources.index(issued.database, issued.granted), ""
+        except SourceError as exc:
+            raise TransientError(f"fingerprinting the granted tables: {exc}") from None
+
+    async def _outcome(
+        self,
+        report: Report,
+        files: list[tuple[OutputFile, str]],
+        oversized: list[tuple[str, int, str]],
+        undeclared: int,
+        source_note: str,
+    ) -> list:
+        checked, released, held = [], [], []
+        digests = dict((f.name, digest) for f, digest in files)
+        run_findings = _results(report.run_findings)
+        for file_report in report.files:
+            verdict = file_report.verdict
+            checks = _results(file_report.findings) + run_findings
+            if source_note and verdict == "pass":
+                verdict = "review"
+                checks.append(
+                    CheckResult(
+                        name="source-match", version=0, verdict="review", evidence=source_note
+                    )
+                )
+            if any(r.verdict == "block" for r in run_findings):
+                verdict = "block"
+            elif any(r.verdict == "review" for r in run_findings) and verdict == "pass":
+                verdict = "review"
+            route = ROUTES[verdict]
+            if route == "automatic" and not self.auto_release:
+                route = "review"
+            name_shown = file_report.name if verdict == "pass" else _held_name(file_report)
+            checked.append(
+                CheckedFile(
+                    path=name_shown,
+                    size=file_report.size,
+                    sha256=file_report.sha256,
+                    kind=file_report.kind,
+                    checks=checks,
+                    verdict=verdict,
+                    route=route,
+                )
+            )
+            if route == "automatic":
+                artifact = await self._release_artifact(file_report, digests[file_report.name])
+                released.append(
+                    ReleasedFile(
+                        path=file_report.name, sha256=file_report.sha256, artifact=artifact
+                    )
+                )
+            else:
+                held.append(
+                    HeldFile(
+                        sha256=file_report.sha256,
+                        path=name_shown,
+                        route=route,
+                        reason=_reason(file_report),
+                    )
+                )
+        for _path, size, sha in oversized:
+            evidence = f"{size:,} bytes, more than the site's {self.rules.max_file_bytes:,}"
+            checked.append(
+                CheckedFile(
+                    path="(withheld name)",
+                    size=size,
+                    sha256=sha,
+                    kind="unread",
+                    checks=[
+                        CheckResult(name="type", version=1, verdict="block", evidence=evidence)
+                    ],
+                    verdict="block",
+                    route="override",
+                )
+            )
+            held.append(
+                HeldFile(sha256=sha, path="(withheld name)", route="override", reason="block: size")
+            )
+        redacted = await self.store.put_bytes(report.redacted_log) if report.redacted_log else ""
+        verdicts = [c.verdict for c in checked] + [report.log_verdict]
+        overall = "block" if "block" in verdicts else "review" if "review" in verdicts else "pass"
+        events: list = [
+            OutputsChecked(
+                files=checked,
+                log=_results(report.log_findings),
+                redacted_log=redacted,
+                undeclared=undeclared,
+                verdict=overall,
+            ),
+            OutputsReleased(files=released, log=redacted, first=True),
+        ]
+        if held:
+            events.append(OutputsHeld(files=held))
+        return events
+
+    async def _release_artifact(self, report: FileReport, digest: str) -> str:
+        """The artifact that leaves: the file's own, or its re-encoded copy (images)."""
+        if report.release and hashlib.sha256(report.release).hexdigest() != report.sha256:
+            return await self.store.put_bytes(report.release)
+        return digest
+
+    async def on_review(self, stored: StoredEvent) -> list:
+        """Apply officers' votes: release or withhold each held file once it is decided."""
+        run = await self.bus.read_run(stored.event.run_id)
+        events = [s.event for s in run]
+        researcher = events[0].actor if events else ""
+        held = [f for e in events if isinstance(e.payload, OutputsHeld) for f in e.payload.files]
+        reviews = [e.payload for e in events if isinstance(e.payload, ReviewRecorded)]
+        done = {
+            f.sha256
+            for e in events
+            if isinstance(e.payload, OutputsReleased | OutputsWithheld)
+            for f in e.payload.files
+        }
+        checked = next((e.payload for e in events if isinstance(e.payload, OutputsChecked)), None)
+        out: list = []
+        for item in held:
+            if item.sha256 in done:
+                continue
+            decision = decide(item, reviews, researcher, self.reviewers)
+            if decision.outcome == "release":
+                path, artifact = await self._held_artifact(stored, item, checked)
+                out.append(
+                    OutputsReleased(
+                        files=[ReleasedFile(path=path, sha256=item.sha256, artifact=artifact)],
+                        by=list(decision.officers),
+                    )
+                )
+            elif decision.outcome == "withhold":
+                out.append(
+                    OutputsWithheld(
+                        files=[
+                            WithheldFile(
+                                sha256=item.sha256, path=item.path, reason=decision.reason[:300]
+                            )
+                        ],
+                        by=list(decision.officers),
+                    )
+                )
+            done.add(item.sha256)
+        return out
+
+    async def _held_artifact(
+        self, stored: StoredEvent, item: HeldFile, checked: OutputsChecked | None
+    ) -> tuple[str, str]:
+        """The real path and artifact of a held file, from the run's outputs tree."""
+        run = await self.bus.read_run(stored.event.run_id)
+        ended = next(
+            (s.event.payload for s in run if s.event.type in ("run.finished", "run.failed")), None
+        )
+        outputs = getattr(ended, "outputs", None)
+        if not outputs:
+            raise PermanentError("the run's outputs are gone; the file cannot be released")
+        try:
+            tree = Tree.decode(await self.store.get_bytes(outputs, max_bytes=MAX_MANIFEST_BYTES))
+        except ArtifactError as exc:
+            raise PermanentError(f"the run's outputs cannot be read: {exc}") from None
+        for entry in tree.files:
+            if entry.digest.removeprefix("sha256:") == item.sha256:
+                data = await self.store.get_bytes(entry.digest, max_bytes=2 * 1024**3)
+                from secd_airlock.checks import reencode_image, sniff
+
+                if sniff(data) in ("png", "jpeg"):
+                    return entry.path, await self.store.put_bytes(reencode_image(data))
+                return entry.path, entry.digest
+        raise PermanentError(f"no output with sha256 {item.sha256[:12]}... in the run")
+
+
+def _held_name(report: FileReport) -> str:
+    """A held file's name as the researcher may see it: a name can carry data too, so only a
+    name that passed its own checks is shown."""
+    if any(f.verdict != "pass" and "name" in f.evidence for f in report.findings):
+        return "(withheld name)"
+    return report.name
+
+
+def read_key(path: Path) -> bytes:
+    """The fingerprint key: at least 32 bytes of a file only the airlock reads."""
+    key = path.read_bytes().strip()
+    if len(key) < 32:
+        raise ConfigError(f"{path} holds a key shorter than 32 bytes")
+    return key
+
+
+async def setup(config: Config, bus: EventBus):
+    """Two consumers of the log (runs' ends, officers' reviews) and one of the job logs."""
+    from secd_airlock.livelog import LiveLog
+
+    settings = config.airlock
+    try:
+        rules = load_rules(settings.rules)
+        key = read_key(config.path(settings.key_file))
+    except (ConfigError, OSError) as exc:
+        raise SystemExit(f"secd-airlock: {exc}") from None
+    sources = Sources(settings.databases, key, rules)
+    airlock = Airlock(
+        bus,
+        artifact_store(config, bus.js),
+        sources,
+        rules,
+        auto_release=settings.auto_release,
+        reviewers=settings.reviewers,
+    )
+    live = LiveLog(bus, sources, rules)
+    task = asyncio.create_task(live.run())
+
+    async def stop() -> None:
+        live.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return {"airlock": airlock.on_ended, "airlock-reviews": airlock.on_review}, stop
