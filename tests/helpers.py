@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-# CI sets CI=true (.ci/run exports it): there a missing server or privilege is a failure, not a skip.
+# CI sets CI=true (.ci/run exports it): there a missing server or privilege fails, never skips.
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
