@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from secd_airlock.checks import (
     SourceIndex,
     check_outputs,
 )
+from secd_airlock.checks.identifiers import check_identifier_values
 from secd_airlock.sources import SourceError, Sources
 from secd_shared.artifacts import (
     MAX_MANIFEST_BYTES,
@@ -166,7 +168,7 @@ class Airlock:
         report = await asyncio.to_thread(
             check_outputs, [f for f, _ in files], log_bytes, index, self.rules
         )
-        return await self._outcome(report, files, oversized, undeclared, source_note)
+        return await self._outcome(report, index, files, oversized, undeclared, source_note)
 
     async def _declared_files(
         self, outputs: str | None, declared: list[DeclaredOutput]
@@ -206,6 +208,7 @@ class Airlock:
     async def _outcome(
         self,
         report: Report,
+        index: SourceIndex,
         files: list[tuple[OutputFile, str]],
         oversized: list[tuple[str, int, str]],
         undeclared: int,
@@ -231,7 +234,11 @@ class Airlock:
             route = ROUTES[verdict]
             if route == "automatic" and not self.auto_release:
                 route = "review"
-            name_shown = file_report.name if verdict == "pass" else _held_name(file_report)
+            name_shown = (
+                file_report.name
+                if verdict == "pass"
+                else _held_name(file_report, index, self.rules)
+            )
             checked.append(
                 CheckedFile(
                     path=name_shown,
@@ -288,10 +295,11 @@ class Airlock:
                 undeclared=undeclared,
                 verdict=overall,
             ),
-            OutputsReleased(files=released, log=redacted, first=True),
         ]
         if held:
             events.append(OutputsHeld(files=held))
+        # Last: the publisher reads the run when the release comes, and finds what is held.
+        events.append(OutputsReleased(files=released, log=redacted, first=True))
         return events
 
     async def _release_artifact(self, report: FileReport, digest: str) -> str:
@@ -367,10 +375,11 @@ class Airlock:
         raise PermanentError(f"no output with sha256 {item.sha256[:12]}... in the run")
 
 
-def _held_name(report: FileReport) -> str:
+def _held_name(report: FileReport, index: SourceIndex, rules: Rules) -> str:
     """A held file's name as the researcher may see it: a name can carry data too, so only a
-    name that passed its own checks is shown."""
-    if any(f.verdict != "pass" and "name" in f.evidence for f in report.findings):
+    name that passes the source and identifier checks on its own is shown."""
+    words = " ".join(re.split(r"[/_.\-\s]+", report.name))
+    if index.scan([words]).rows or check_identifier_values(report.name, rules, "in the name"):
         return "(withheld name)"
     return report.name
 
