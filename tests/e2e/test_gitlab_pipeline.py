@@ -29,6 +29,7 @@ from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
+SECD_YML = "runfor: 0.05\noutputs: [{path: hello.txt, kind: text}]\n"
 JOB = """\
 import os
 from pathlib import Path
@@ -56,7 +57,7 @@ async def world(tmp_path_factory, keys):
     gitlab = FakeGitLab(root / "fake-gitlab").start()
     keycloak = FakeKeycloak().start()
     alice = gitlab.add_user("alice", "Alice", "alice@example.org")
-    gitlab.add_gpg_key(alice, keys["alice"].public_armor)
+    gitlab.add_gpg_key(alice, keys[0].public_armor)
     member = keycloak.add_user("alice", ["/secd/postgres-patients-read", "/staff"])
     gitlab.add_identity(alice, "openid_connect", member.id)
     gitlab.add_project("alice/model")
@@ -100,9 +101,9 @@ async def world(tmp_path_factory, keys):
     built = World(stack, gitlab, keycloak, hook_secret)
     built.clone = Clone(
         root / "clone",
-        keys["alice"],
+        keys[0],
         gitlab.clone_url(built.project),
-        {**git_env(keys["alice"]), **git_environment(gitlab.url, alice.token)},
+        {**git_env(keys[0]), **git_environment(gitlab.url, alice.token)},
     )
     yield built
     await stack.stop()
@@ -141,7 +142,7 @@ async def test_a_signed_push_of_25_commits_runs_and_its_status_follows(world: Wo
     clone = world.clone
     assert clone is not None
     shas = [clone.commit() for _ in range(24)]
-    for name, text in {"main.py": JOB, "secd.yml": "runfor: 0.05\n"}.items():
+    for name, text in {"main.py": JOB, "secd.yml": SECD_YML}.items():
         (clone.path / name).write_text(text)
     shas.append(clone.commit())
     clone.push()
@@ -174,7 +175,7 @@ async def test_a_signed_push_of_25_commits_runs_and_its_status_follows(world: Wo
 
     assert show(f"{view.branch}:output/hello.txt") == "hello from the sandbox\n"
     assert "job done" in show(f"{view.branch}:secd-run.log")
-    assert show(f"{view.branch}^:secd.yml") == "runfor: 0.05\n"
+    assert show(f"{view.branch}^:secd.yml") == SECD_YML
     # secd's own push of the results branch started no run.
     await asyncio.sleep(0.5)
     assert all(d["status"] == 200 for d in world.gitlab.deliveries[1:])
