@@ -14,10 +14,25 @@ from secd_shared.bus import EventBus, connect
 from secd_shared.config import NatsConfig
 from secd_shared.identities import BOOTSTRAP_USER
 from secd_shared.stream import ensure_consumers, ensure_log_stream, ensure_stream
+from tests.helpers import need
 
 # Fixtures that tests of several packages use, kept in modules of their own: the forge and identity
 # worlds (contracts, verifier) and the audit tests' own NATS server (secd, shared, checkpointer).
 pytest_plugins = ("tests.forgeworld", "tests.auditlog")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `requires` marker (tests.helpers.requires)."""
+    config.addinivalue_line(
+        "markers", "requires(condition, reason): skip unless condition, or fail under CI=true"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Apply `requires` markers before any fixture is set up: skip, or under CI fail."""
+    for mark in item.iter_markers("requires"):
+        need(*mark.args)
 
 
 @dataclass

@@ -9,7 +9,6 @@ real sandbox, a PodScript in the fake cluster. Every test then holds for all thr
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from secd_shared.artifacts import FolderArtifacts, digest_bytes
 from secd_shared.tarballs import write_folder
 from tests.executor.kubernetes.conftest import COLLECTOR_IMAGE, RUN_IMAGE, run_request, settings
 from tests.fakes.kubernetes import FakeKubernetes, PodScript
+from tests.helpers import is_root, need
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -132,8 +132,7 @@ async def case(request, tmp_path: Path, run_env: Path, admin_bus) -> Iterator[Ca
         yield Case("stub", StubRuntime(), tmp_path)
         return
     if request.param == "bwrap":
-        if os.geteuid() != 0:
-            pytest.skip("the sandbox launcher must run as root")
+        need(is_root(), "the sandbox launcher must run as root")
         store = FolderArtifacts(tmp_path / "artifacts")
         runtime = BwrapRuntime(
             admin_bus,

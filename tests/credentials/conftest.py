@@ -2,7 +2,8 @@
 
 Every database and account is created here under a random name and dropped afterwards; nothing
 that the tests did not create is touched. Point the tests elsewhere with SECD_TEST_PG_* and
-SECD_TEST_MYSQL_* variables; a server that cannot be reached skips its tests.
+SECD_TEST_MYSQL_* variables; a server that cannot be reached skips its tests, and fails them
+under CI=true.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 import aiomysql
 import asyncpg
 import pymysql
-import pytest
 import pytest_asyncio
 
 from secd_credentials.accounts import account_name
@@ -30,6 +30,7 @@ from secd_credentials.backends import (
     PostgresSettings,
 )
 from secd_shared.events import new_run_id
+from tests.helpers import need
 
 PG_HOST = os.environ.get("SECD_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("SECD_TEST_PG_PORT", "5432"))
@@ -95,7 +96,7 @@ async def pg_env() -> AsyncIterator[DbEnv]:
     try:
         admin = await pg_admin()
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}: {exc}")
+        need(False, f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}: {exc}")
     env = DbEnv(database=_test_name(), other_database=_test_name())
     try:
         for name in (env.database, env.other_database):
@@ -192,7 +193,7 @@ async def my_env() -> AsyncIterator[DbEnv]:
     try:
         admin = await my_admin()
     except (OSError, pymysql.MySQLError) as exc:
-        pytest.skip(f"MariaDB not reachable at {MY_SOCKET}: {exc}")
+        need(False, f"MariaDB not reachable at {MY_SOCKET}: {exc}")
     env = DbEnv(database=_test_name(), other_database=_test_name())
     try:
         a, b = env.database, env.other_database

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from secd_executor.sandbox import SandboxResult, SandboxSpec, run_sandboxed
+from tests.helpers import is_root, need
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
@@ -81,25 +82,22 @@ def _can_connect(address: tuple[str, int] | str) -> bool:
 
 @pytest.fixture(scope="session")
 def postgres() -> tuple[str, int]:
-    """The local PostgreSQL server (trust auth), or skip."""
-    if not _can_connect((PG_HOST, PG_PORT)):
-        pytest.skip(f"no PostgreSQL on {PG_HOST}:{PG_PORT}")
+    """The local PostgreSQL server (trust auth); skip without it (fail under CI)."""
+    need(_can_connect((PG_HOST, PG_PORT)), f"no PostgreSQL on {PG_HOST}:{PG_PORT}")
     return PG_HOST, PG_PORT
 
 
 @pytest.fixture(scope="session")
 def mariadb() -> str:
-    """The local MariaDB socket, or skip."""
-    if not _can_connect(MARIADB_SOCKET):
-        pytest.skip(f"no MariaDB at {MARIADB_SOCKET}")
+    """The local MariaDB socket; skip without it (fail under CI)."""
+    need(_can_connect(MARIADB_SOCKET), f"no MariaDB at {MARIADB_SOCKET}")
     return MARIADB_SOCKET
 
 
 @pytest.fixture(scope="session")
 def run_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bare virtualenv (no pip) standing in for a built run environment."""
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox launcher must run as root")
+    need(is_root(), "the sandbox launcher must run as root")
     env_dir = tmp_path_factory.mktemp("runenv") / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
     return env_dir

@@ -15,6 +15,7 @@ from secd_executor.cgroups import Cgroups, detect_cgroups
 from secd_executor.sandbox import DEFAULT_LIMITS, run_sandboxed
 from secd_executor.uids import UidPool, UidsExhausted
 from secd_shared.limits import parse_size
+from tests.helpers import need
 
 from .conftest import Jobs, wait_for
 
@@ -167,8 +168,7 @@ async def test_tmp_has_its_size(jobs: Jobs) -> None:
 
 async def test_the_run_s_cgroup_holds_its_cpu_and_memory_limits(jobs: Jobs) -> None:
     cgroups = detect_cgroups("auto", "secd")
-    if cgroups.version == "none":
-        pytest.skip("no cgroups on this machine: CPUs are limited by affinity instead")
+    need(cgroups.version != "none", "no cgroups here: CPUs are limited by affinity instead")
     spec = jobs.spec(
         "import os, time\nopen('/output/ready', 'w').close()\ntime.sleep(30)\n",
         uid=UID + 6,
@@ -226,8 +226,10 @@ async def test_the_job_sees_the_interpreter_but_not_the_host_s_packages(
     )
     assert run.result.exit_code == 0, run.log
     seen = json.loads((run.output / "py.json").read_text())
-    if seen["base"].startswith("/usr"):
-        pytest.skip("the test venv was made from the system Python, which /usr brings along")
+    need(
+        not seen["base"].startswith("/usr"),
+        "the test venv was made from the system Python, which /usr brings along",
+    )
     assert seen["top"] == ["bin", "lib"]
     assert seen["site"] == []  # the host has hundreds of packages there
     assert seen["json_ok"] is True

@@ -6,7 +6,6 @@ SECD=PRODUCTION, SECD_CACHE_DIR and OUTPUT_PATH in its environment, as the execu
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import xxhash
 
 import secd
 from secd_executor.sandbox import SandboxSpec, run_sandboxed
+from tests.helpers import is_root, need
 
 JOB = """\
 import secd
@@ -37,8 +37,7 @@ assert len(padding) == 2_000_000
 @pytest.fixture(scope="module")
 def job_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run environment holding secd and xxhash, as the builder's would."""
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox launcher must run as root")
+    need(is_root(), "the sandbox launcher must run as root")
     env_dir = tmp_path_factory.mktemp("jobenv") / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
     relative = Path(sysconfig.get_path("purelib")).relative_to(sys.prefix)

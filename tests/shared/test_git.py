@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from secd_shared.git import EMPTY_TREE, GitError, Remote, Repository, git_environment
+from tests.helpers import is_root, requires
 
 PLAIN_ENV = {
     "PATH": os.environ["PATH"],
@@ -280,7 +281,7 @@ def test_a_domain_error_type_is_raised(bare):
         Repository(bare[0], error=SourceError).cat_file("blob", "0" * 40)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing a repository's owner needs root")
+@requires(is_root(), "changing a repository's owner needs root")
 def test_a_repository_owned_by_another_user_is_read(bare):
     path, head = bare
     for folder, _, files in os.walk(path):
