@@ -303,10 +303,10 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         checked = next((e.payload for e in events if e.type == "outputs.checked"), None)
         withheld_lines = sum(1 for c in (checked.log if checked else []) if c.verdict != "pass")
         for item in held:
-            say(f"   held for security officers: {item.path} ({item.reason})")
+            say(f"   held for security officers: {item.name} ({item.reason})")
         if checked is not None:
             say(f"   job log: {withheld_lines} check(s) withheld lines; see secd-run.log")
-        result["held"] = [{"path": f.path, "route": f.route, "reason": f.reason} for f in held]
+        result["held"] = [{"name": f.name, "route": f.route, "reason": f.reason} for f in held]
     finally:
         await stack.stop()
     ok = (

@@ -80,7 +80,7 @@ Verdict = Literal["pass", "review", "block"]
 class DeclaredOutput(Struct, frozen=True, kw_only=True):
     """One entry of secd.yml's `outputs:`: files the job means to release, and what they are."""
 
-    path: str  # a glob relative to OUTPUT_PATH, e.g. "counts/*.csv"
+    glob: str  # secd.yml's `path:`, a glob relative to OUTPUT_PATH, e.g. "counts/*.csv"
     kind: OutputKind
     description: str = ""
 
@@ -264,7 +264,8 @@ class CheckResult(Struct, frozen=True, kw_only=True):
 class CheckedFile(Struct, frozen=True, kw_only=True):
     """An output file as the airlock saw it; `sha256` names it in reviews and releases."""
 
-    path: str  # relative to the outputs; a name that failed its checks is shown as "(withheld)"
+    # Relative to the outputs; a held file's name that failed its own checks: "(withheld name)".
+    name: str
     size: int
     sha256: str
     kind: str  # the declared kind, or "undeclared"
@@ -287,7 +288,7 @@ class OutputsChecked(Payload, tag="outputs.checked"):
 
 class HeldFile(Struct, frozen=True, kw_only=True):
     sha256: str
-    path: str
+    name: str
     route: str
     reason: str
 
@@ -299,7 +300,7 @@ class OutputsHeld(Payload, tag="outputs.held"):
 
 
 class ReleasedFile(Struct, frozen=True, kw_only=True):
-    path: str
+    name: str
     sha256: str
     # The released content (an artifact): the file itself, or an image re-encoded without its
     # metadata chunks.
@@ -318,7 +319,7 @@ class OutputsReleased(Payload, tag="outputs.released"):
 
 class WithheldFile(Struct, frozen=True, kw_only=True):
     sha256: str
-    path: str
+    name: str
     reason: str
 
 

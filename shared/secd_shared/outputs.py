@@ -44,4 +44,4 @@ def _match(pattern: list[str], parts: list[str]) -> bool:
 
 def declared_for(path: str, outputs: list[DeclaredOutput]) -> DeclaredOutput | None:
     """The first declaration that `path` matches, or None (an undeclared file)."""
-    return next((o for o in outputs if glob_matches(o.path, path)), None)
+    return next((o for o in outputs if glob_matches(o.glob, path)), None)

@@ -120,7 +120,7 @@ async def test_a_dump_is_held_and_only_two_officers_release_it(stack, repo):
     events = [s.event for s in run]
     held = next(e.payload for e in events if e.type == "outputs.held")
     checked = next(e.payload for e in events if e.type == "outputs.checked")
-    assert [f.path for f in held.files] == ["summary.csv"]
+    assert [f.name for f in held.files] == ["summary.csv"]
     (summary,) = checked.files
     assert summary.verdict == "block" and summary.route == "override"
     assert any(c.name == "source-match" and c.verdict == "block" for c in summary.checks)
@@ -193,7 +193,7 @@ async def test_a_legitimate_output_passes_and_an_undeclared_file_stays(stack, re
     events = [s.event for s in run]
     checked = next(e.payload for e in events if e.type == "outputs.checked")
     assert checked.undeclared == 1
-    assert [(f.path, f.verdict) for f in checked.files] == [("metrics.json", "pass")]
+    assert [(f.name, f.verdict) for f in checked.files] == [("metrics.json", "pass")]
     assert not [e for e in events if e.type == "outputs.held"]
     branch = next(e.payload.branch for e in events if e.type == "results.published")
     metrics = json.loads(_git(stack, run, "show", f"{branch}:output/metrics.json").stdout)

@@ -241,7 +241,7 @@ class Airlock:
             )
             checked.append(
                 CheckedFile(
-                    path=name_shown,
+                    name=name_shown,
                     size=file_report.size,
                     sha256=file_report.sha256,
                     kind=file_report.kind,
@@ -254,14 +254,14 @@ class Airlock:
                 artifact = await self._release_artifact(file_report, digests[file_report.name])
                 released.append(
                     ReleasedFile(
-                        path=file_report.name, sha256=file_report.sha256, artifact=artifact
+                        name=file_report.name, sha256=file_report.sha256, artifact=artifact
                     )
                 )
             else:
                 held.append(
                     HeldFile(
                         sha256=file_report.sha256,
-                        path=name_shown,
+                        name=name_shown,
                         route=route,
                         reason=_reason(file_report),
                     )
@@ -270,7 +270,7 @@ class Airlock:
             evidence = f"{size:,} bytes, more than the site's {self.rules.max_file_bytes:,}"
             checked.append(
                 CheckedFile(
-                    path="(withheld name)",
+                    name="(withheld name)",
                     size=size,
                     sha256=sha,
                     kind="unread",
@@ -282,7 +282,7 @@ class Airlock:
                 )
             )
             held.append(
-                HeldFile(sha256=sha, path="(withheld name)", route="override", reason="block: size")
+                HeldFile(sha256=sha, name="(withheld name)", route="override", reason="block: size")
             )
         redacted = await self.store.put_bytes(report.redacted_log) if report.redacted_log else ""
         verdicts = [c.verdict for c in checked] + [report.log_verdict]
@@ -331,7 +331,7 @@ class Airlock:
                 path, artifact = await self._held_artifact(stored, item, checked)
                 out.append(
                     OutputsReleased(
-                        files=[ReleasedFile(path=path, sha256=item.sha256, artifact=artifact)],
+                        files=[ReleasedFile(name=path, sha256=item.sha256, artifact=artifact)],
                         by=list(decision.officers),
                     )
                 )
@@ -340,7 +340,7 @@ class Airlock:
                     OutputsWithheld(
                         files=[
                             WithheldFile(
-                                sha256=item.sha256, path=item.path, reason=decision.reason[:300]
+                                sha256=item.sha256, name=item.name, reason=decision.reason[:300]
                             )
                         ],
                         by=list(decision.officers),

@@ -253,7 +253,7 @@ def _outputs(value: Any) -> list[DeclaredOutput]:
             )
         if _CONTROL.search(description.replace("\n", " ")):
             raise _fail(f"{where}.description", "must not hold control characters", description)
-        declared.append(DeclaredOutput(path=path, kind=kind, description=description))
+        declared.append(DeclaredOutput(glob=path, kind=kind, description=description))
     return declared
 
 

@@ -86,7 +86,7 @@ def review_state(events: list[Event]) -> dict:
         files.append(
             {
                 "sha256": item.sha256,
-                "path": item.path,
+                "name": item.name,
                 "route": item.route,
                 "reason": item.reason,
                 "state": decided.get(item.sha256, "held"),

@@ -113,7 +113,7 @@ class Publisher:
         for number, item in enumerate(payload.files):
             local = work / f"{number}.out"
             await self.store.get_file(item.artifact, local)
-            released[f"output/{item.path}"] = local
+            released[f"output/{item.name}"] = local
         if payload.log:
             log_path = work / "job.log"
             await self.store.get_file(payload.log, log_path)
@@ -159,7 +159,7 @@ class Publisher:
             "refused": view.refused,
             "stages_s": {k: round(v, 3) for k, v in view.stages.items()},
             "files": sorted(released),
-            "held": [{"path": f.path, "sha256": f.sha256, "why": f.reason} for f in held],
+            "held": [{"name": f.name, "sha256": f.sha256, "why": f.reason} for f in held],
             "undeclared": undeclared,
         }
         content["secd-manifest.json"] = json.dumps(manifest, indent=2).encode() + b"\n"
@@ -200,7 +200,7 @@ def _summary(view: RunView, held: list, undeclared: int) -> str:
         )
         lines.append("")
         for item in held:
-            lines.append(f"- {item.path} ({item.reason}), sha256 {item.sha256[:12]}")
+            lines.append(f"- {item.name} ({item.reason}), sha256 {item.sha256[:12]}")
     if undeclared:
         lines += [
             "",
