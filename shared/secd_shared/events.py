@@ -26,6 +26,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "REPEATABLE_TYPES",
     "TERMINAL_TYPES",
+    "AnyPayload",
     "BuildSucceeded",
     "CheckResult",
     "CheckedFile",
@@ -80,7 +81,7 @@ Verdict = Literal["pass", "review", "block"]
 class DeclaredOutput(Struct, frozen=True, kw_only=True):
     """One entry of secd.yml's `outputs:`: files the job means to release, and what they are."""
 
-    glob: str  # secd.yml's `path:`, a glob relative to OUTPUT_PATH, e.g. "counts/*.csv"
+    glob: str  # the entry's glob in secd.yml, relative to the output folder: "counts/*.csv"
     kind: OutputKind
     description: str = ""
 
@@ -135,7 +136,7 @@ class Refusal(Struct, frozen=True, kw_only=True):
     reason: str
 
 
-class PushReceived(Payload, tag="push.received"):
+class PushReceived(Payload, frozen=True, tag="push.received"):
     """gateway: the forge reported a push; nothing about it is trusted yet."""
 
     forge: str
@@ -149,7 +150,7 @@ class PushReceived(Payload, tag="push.received"):
     forge_project_id: int | None = None
 
 
-class PushVerified(Payload, tag="push.verified"):
+class PushVerified(Payload, frozen=True, tag="push.verified"):
     """verifier: every commit that needed checking is signed by one of the pusher's keys."""
 
     repository: str
@@ -160,7 +161,7 @@ class PushVerified(Payload, tag="push.verified"):
     keys: list[str]
 
 
-class RunRejected(Payload, tag="run.rejected"):
+class RunRejected(Payload, frozen=True, tag="run.rejected"):
     """verifier: the push will not run; the reason names the offending commit."""
 
     repository: str
@@ -172,7 +173,7 @@ class RunRejected(Payload, tag="run.rejected"):
     unknown_pusher: bool = False
 
 
-class BuildSucceeded(Payload, tag="build.succeeded"):
+class BuildSucceeded(Payload, frozen=True, tag="build.succeeded"):
     """builder: the run's environment and source are ready."""
 
     plan: RunPlan
@@ -182,7 +183,7 @@ class BuildSucceeded(Payload, tag="build.succeeded"):
     build_log: str = ""
 
 
-class CredentialsIssued(Payload, tag="credentials.issued"):
+class CredentialsIssued(Payload, frozen=True, tag="credentials.issued"):
     """credentials: a temporary account exists; its password is sealed to the executor's key."""
 
     plan: RunPlan
@@ -195,13 +196,13 @@ class CredentialsIssued(Payload, tag="credentials.issued"):
     expires_at: datetime
 
 
-class RunStarted(Payload, tag="run.started"):
+class RunStarted(Payload, frozen=True, tag="run.started"):
     """executor: the sandbox is running the researcher's command."""
 
     sandbox: str
 
 
-class RunFinished(Payload, tag="run.finished"):
+class RunFinished(Payload, frozen=True, tag="run.finished"):
     """executor: the command exited (with any exit code) within its time."""
 
     exit_code: int
@@ -211,7 +212,7 @@ class RunFinished(Payload, tag="run.finished"):
     log: str = ""
 
 
-class RunFailed(Payload, tag="run.failed"):
+class RunFailed(Payload, frozen=True, tag="run.failed"):
     """any stage: the run cannot go on; the reason is one line a researcher can act on."""
 
     stage: str
@@ -223,14 +224,14 @@ class RunFailed(Payload, tag="run.failed"):
     log: str | None = None
 
 
-class CredentialsRevoked(Payload, tag="credentials.revoked"):
+class CredentialsRevoked(Payload, frozen=True, tag="credentials.revoked"):
     """credentials: the run's account is locked, its sessions ended, and dropped."""
 
     account: str
     backend: DbKind
 
 
-class CredentialsRevokeFailed(Payload, tag="credentials.revoke_failed"):
+class CredentialsRevokeFailed(Payload, frozen=True, tag="credentials.revoke_failed"):
     """credentials: revoking the run's account failed; it is retried until it succeeds."""
 
     account: str
@@ -238,7 +239,7 @@ class CredentialsRevokeFailed(Payload, tag="credentials.revoke_failed"):
     reason: str
 
 
-class ResultsPublished(Payload, tag="results.published"):
+class ResultsPublished(Payload, frozen=True, tag="results.published"):
     """publisher: the outcome is in the repository as a branch."""
 
     repository: str
@@ -275,7 +276,7 @@ class CheckedFile(Struct, frozen=True, kw_only=True):
     route: str
 
 
-class OutputsChecked(Payload, tag="outputs.checked"):
+class OutputsChecked(Payload, frozen=True, tag="outputs.checked"):
     """airlock: every output and the job log went through the automatic checks."""
 
     files: list[CheckedFile]
@@ -293,7 +294,7 @@ class HeldFile(Struct, frozen=True, kw_only=True):
     reason: str
 
 
-class OutputsHeld(Payload, tag="outputs.held"):
+class OutputsHeld(Payload, frozen=True, tag="outputs.held"):
     """airlock: these files stay on the secure side until security officers decide."""
 
     files: list[HeldFile]
@@ -307,7 +308,7 @@ class ReleasedFile(Struct, frozen=True, kw_only=True):
     artifact: str
 
 
-class OutputsReleased(Payload, tag="outputs.released"):
+class OutputsReleased(Payload, frozen=True, tag="outputs.released"):
     """airlock: these files (and the redacted log) may go to the researcher. Repeatable: the
     first release comes with the checks, later ones follow officers' decisions."""
 
@@ -323,14 +324,14 @@ class WithheldFile(Struct, frozen=True, kw_only=True):
     reason: str
 
 
-class OutputsWithheld(Payload, tag="outputs.withheld"):
+class OutputsWithheld(Payload, frozen=True, tag="outputs.withheld"):
     """airlock: officers decided these files never leave."""
 
     files: list[WithheldFile]
     by: list[str]
 
 
-class ReviewRecorded(Payload, tag="review.recorded"):
+class ReviewRecorded(Payload, frozen=True, tag="review.recorded"):
     """gateway: a security officer's decision on one held file. Repeatable (one per officer
     and file)."""
 
@@ -359,8 +360,16 @@ AnyPayload = (
     | ReviewRecorded
 )
 
+
+def _tag(cls: type[Payload]) -> str:
+    """The event type a payload class is tagged with (every payload class sets tag="...")."""
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str), f"{cls.__name__} has no tag"
+    return tag
+
+
 EVENT_TYPES: tuple[str, ...] = tuple(
-    cls.__struct_config__.tag
+    _tag(cls)
     for cls in (
         PushReceived,
         PushVerified,
@@ -432,7 +441,7 @@ def event_hash(data: bytes) -> str:
 
 
 def new_event(
-    payload: Payload,
+    payload: AnyPayload,
     *,
     run_id: str,
     producer: Producer,
@@ -445,7 +454,7 @@ def new_event(
     return Event(
         id=secrets.token_hex(12),
         run_id=run_id,
-        type=payload.__struct_config__.tag,
+        type=_tag(type(payload)),
         time=datetime.now(UTC),
         producer=producer,
         actor=actor,
