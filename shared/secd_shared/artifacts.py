@@ -31,9 +31,16 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from secd_shared.safepath import components, open_beneath, regular_files
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+    from nats.js import JetStreamContext
+    from nats.js.object_store import ObjectStore
+
+    from secd_shared.config import Config
 
 __all__ = [
     "ARTIFACT_BUCKET",
@@ -123,7 +130,7 @@ class _Checked(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data)
         written = 0
         while written < len(view):
@@ -233,6 +240,14 @@ class FolderArtifacts:
             os.close(out)
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """What a read needs of an object's info: its chunks' subject token and its size."""
+
+    nuid: str
+    size: int
+
+
 class NatsArtifacts:
     """Artifacts in a JetStream object store bucket, one object per digest.
 
@@ -241,12 +256,12 @@ class NatsArtifacts:
     against what the object's own metadata claims.
     """
 
-    def __init__(self, js, bucket: str = ARTIFACT_BUCKET) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str = ARTIFACT_BUCKET) -> None:
         self.js = js
         self.bucket = bucket
-        self._store = None
+        self._store: ObjectStore | None = None
 
-    async def _bucket(self):
+    async def _bucket(self) -> ObjectStore:
         if self._store is None:
             self._store = await self.js.object_store(self.bucket)
         return self._store
@@ -316,15 +331,19 @@ class NatsArtifacts:
         finally:
             os.close(out)
 
-    async def _info(self, store, digest: str):
+    async def _info(self, store: ObjectStore, digest: str) -> _Stored:
         import nats.js.errors
 
         try:
-            return await store.get_info(self._name(digest))
+            info = await store.get_info(self._name(digest))
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError):
             raise ArtifactError(f"artifact {digest} is not in the store") from None
+        if info.size is None:
+            # nats-py's put always records the size; an object without one was not put by secd.
+            raise ArtifactError(f"artifact {digest[:19]}... has no size in the store; put it again")
+        return _Stored(nuid=info.nuid, size=info.size)
 
-    async def _get(self, store, digest: str, writeinto: _Checked | None):
+    async def _get(self, store: ObjectStore, digest: str, writeinto: _Checked | None) -> bytearray:
         """The object's chunks, in order, into `writeinto` (else returned in memory).
 
         Like nats-py's ObjectStore.get, but naming the stream, so a reader needs no right to
@@ -355,10 +374,12 @@ class NatsArtifacts:
         return data
 
 
-def artifact_store(config, js) -> ArtifactStore:
-    """The store `[artifacts]` names: the object store over `js`, or a folder."""
+def artifact_store(config: Config, js: JetStreamContext | None) -> ArtifactStore:
+    """The store `[artifacts]` names: the object store over `js`, or a folder (`js` may then be
+    None: a service set up without a bus)."""
     if config.artifacts.kind == "folder":
         return FolderArtifacts(config.path(config.artifacts.folder))
+    assert js is not None, "the object store needs the bus"
     return NatsArtifacts(js)
 
 

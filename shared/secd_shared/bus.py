@@ -26,6 +26,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from secd_shared.config import NatsConfig
 from secd_shared.events import REPEATABLE_TYPES, Event, decode_event, encode_event, subject_for
@@ -154,7 +155,7 @@ class EventBus:
 
     async def store(
         self, subject: str, data: bytes, *, headers: dict[str, str], timeout: float = 5.0
-    ):
+    ) -> PubAck:
         """Publish to a stream and return its PubAck, waiting up to LEADER_WAIT_S for the stream
         to have a leader (then NoStreamResponseError), and sending once more after a timeout
         (a write in flight to a leader that died; a refused subject also looks like one).

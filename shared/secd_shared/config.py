@@ -65,7 +65,7 @@ class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 msgspec.structs.force_setattr(self, name, Secret(value))
 
 
-class NatsConfig(_Section):
+class NatsConfig(_Section, frozen=True):
     """How a service reaches the bus. user/password come from the environment, never the file."""
 
     _SECRETS = ("password",)
@@ -80,7 +80,7 @@ class NatsConfig(_Section):
     max_deliver: int = 5
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(_Section, frozen=True):
     """The HTTP gateway: where it listens and how it authenticates the forge's hook."""
 
     host: str = "127.0.0.1"
@@ -94,7 +94,7 @@ class GatewayConfig(_Section):
     read_token_file: str | None = None
 
 
-class GitLabConfig(_Section):
+class GitLabConfig(_Section, frozen=True):
     """forge.kind = "gitlab": the instance, secd's API token and the hooks' secret token.
 
     The token and the hook secret come from the environment (SECD_FORGE__GITLAB__TOKEN,
@@ -117,7 +117,7 @@ class GitLabConfig(_Section):
     timeout_s: float = 30.0
 
 
-class ForgeConfig(_Section):
+class ForgeConfig(_Section, frozen=True):
     """The embedded forge: bare repositories under `root`, pushed to by local accounts."""
 
     kind: str = "git"
@@ -128,7 +128,7 @@ class ForgeConfig(_Section):
     gitlab: GitLabConfig = msgspec.field(default_factory=GitLabConfig)
 
 
-class KeycloakConfig(_Section):
+class KeycloakConfig(_Section, frozen=True):
     """identity.kind = "keycloak": GitLab user -> identity extern_uid -> Keycloak user -> groups.
 
     The client (a confidential client with the service account roles view-users and
@@ -154,7 +154,7 @@ class KeycloakConfig(_Section):
     timeout_s: float = 30.0
 
 
-class IdentityConfig(_Section):
+class IdentityConfig(_Section, frozen=True):
     """Where a researcher's groups come from."""
 
     kind: str = "file"
@@ -162,13 +162,13 @@ class IdentityConfig(_Section):
     keycloak: KeycloakConfig = msgspec.field(default_factory=KeycloakConfig)
 
 
-class VerifierConfig(_Section):
+class VerifierConfig(_Section, frozen=True):
     """The keyring of researchers' public keys."""
 
     keyring: str = "keys"
 
 
-class KubernetesRunConfig(_Section):
+class KubernetesRunConfig(_Section, frozen=True):
     """executor.kind = "kubernetes": one Job per run in `namespace`, with these limits."""
 
     namespace: str = "secd-runs"
@@ -202,7 +202,7 @@ class KubernetesRunConfig(_Section):
     reap_grace_s: float = 3600.0
 
 
-class BuildKitConfig(_Section):
+class BuildKitConfig(_Section, frozen=True):
     """builder.kind = "buildkit": a rootless BuildKit Job per build, pushed to `registry`."""
 
     namespace: str = "secd-builds"
@@ -229,7 +229,7 @@ class BuildKitConfig(_Section):
     ttl_after_finished_s: int = 3600
 
 
-class BuilderConfig(_Section):
+class BuilderConfig(_Section, frozen=True):
     """Where run environments and sources are kept."""
 
     envs_dir: str = "envs"
@@ -245,7 +245,7 @@ class BuilderConfig(_Section):
     buildkit: BuildKitConfig = msgspec.field(default_factory=BuildKitConfig)
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(_Section, frozen=True):
     """One sensitive database that runs can be granted tables of."""
 
     _SECRETS = ("password",)
@@ -265,7 +265,7 @@ class DatabaseConfig(_Section):
     accept_full_read: bool = False
 
 
-class CredentialsConfig(_Section):
+class CredentialsConfig(_Section, frozen=True):
     """Temporary accounts: which databases, how long, sealed to which executor key."""
 
     executor_public_key: str = ""
@@ -277,7 +277,7 @@ class CredentialsConfig(_Section):
     sweep_interval_s: float = 30.0
 
 
-class ExecutorConfig(_Section):
+class ExecutorConfig(_Section, frozen=True):
     """The sandbox: where runs live, which uid they run as, where caches are."""
 
     private_key_file: str = "executor/key"
@@ -302,7 +302,7 @@ class ExecutorConfig(_Section):
     kubernetes: KubernetesRunConfig = msgspec.field(default_factory=KubernetesRunConfig)
 
 
-class PublisherConfig(_Section):
+class PublisherConfig(_Section, frozen=True):
     """How results are committed."""
 
     author_name: str = "secd"
@@ -311,7 +311,7 @@ class PublisherConfig(_Section):
     work_dir: str = "publisher"
 
 
-class ArtifactsConfig(_Section):
+class ArtifactsConfig(_Section, frozen=True):
     """Where services hand each other sources, environments, outputs and logs, by digest."""
 
     # "nats": the JetStream object store bucket SECD_ARTIFACTS (nothing shared between machines
@@ -321,7 +321,7 @@ class ArtifactsConfig(_Section):
     folder: str = "artifacts"
 
 
-class AirlockConfig(_Section):
+class AirlockConfig(_Section, frozen=True):
     """The airlock: what may leave the secure side, checked against the data itself."""
 
     # The key of the fingerprints of the granted tables (keyed hashes; kept in memory only).
@@ -341,14 +341,14 @@ class AirlockConfig(_Section):
     concurrency: int = 2
 
 
-class CheckpointerConfig(_Section):
+class CheckpointerConfig(_Section, frozen=True):
     """Signed checkpoints of the log: the signing key, and how often to sign."""
 
     private_key_file: str = "secrets/checkpointer.key"
     interval_s: float = 60.0
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     """The whole configuration; each service reads its own section."""
 
     state_dir: str = "var"
@@ -476,7 +476,7 @@ def _check_kubernetes(config: Config) -> None:
             f"executor.kind {executor.kind!r} cannot run what builder.kind {builder.kind!r} "
             "builds; use bwrap with venv, or kubernetes with buildkit"
         )
-    sections = []
+    sections: list[tuple[str, KubernetesRunConfig | BuildKitConfig]] = []
     if executor.kind == "kubernetes":
         k8s = executor.kubernetes
         sections.append(("executor.kubernetes", k8s))
@@ -493,13 +493,13 @@ def _check_kubernetes(config: Config) -> None:
         for name, value in (("cache_size", k8s.cache_size),):
             if not _QUANTITY.fullmatch(value):
                 raise ConfigError(f"executor.kubernetes.{name}: {value!r} is not a quantity")
-        for name, value in (
+        for name, seconds in (
             ("poll_s", k8s.poll_s),
             ("collect_timeout_s", k8s.collect_timeout_s),
             ("reap_every_s", k8s.reap_every_s),
             ("ttl_after_finished_s", k8s.ttl_after_finished_s),
         ):
-            if value <= 0:
+            if seconds <= 0:
                 raise ConfigError(f"executor.kubernetes.{name}: must be greater than 0")
     if builder.kind == "buildkit":
         bk = builder.buildkit

@@ -75,7 +75,7 @@ GROUP_PREFIXES: dict[str, DbKind] = {
 def db_kind(name: object) -> DbKind:
     """`name` as a DbKind; ValueError naming the kinds when it is not one."""
     if isinstance(name, str) and name in _FACTS:
-        return name  # type: ignore[return-value]  # narrowed by the membership test
+        return name
     raise ValueError(f"unknown database kind {name!r} (one of {', '.join(DB_KINDS)})")
 
 

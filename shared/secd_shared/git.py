@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -280,7 +280,7 @@ class Repository:
     def _detail(self, stderr: bytes) -> str:
         return _one_line(stderr, self.remote.token if self.remote else None)
 
-    def output(self, *args: str, **kwargs) -> str:
+    def output(self, *args: str, **kwargs: Any) -> str:
         """stdout of `git <args>` as text, stripped."""
         return self.run(*args, **kwargs).stdout.decode("utf-8", "replace").strip()
 
@@ -415,7 +415,9 @@ class Repository:
         return done.stdout if done.returncode == 0 else None
 
     @classmethod
-    def init_bare(cls, path: Path, *, initial_branch: str | None = None, **kwargs) -> Repository:
+    def init_bare(
+        cls, path: Path, *, initial_branch: str | None = None, **kwargs: Any
+    ) -> Repository:
         """Create a bare repository at `path` (if it has none yet) and return it."""
         path = Path(path)
         if not (path / "HEAD").is_file():

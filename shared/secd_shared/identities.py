@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from secd_shared.artifacts import ARTIFACT_BUCKET
 from secd_shared.bus import LOG_STREAM, LOG_VIEW_STREAM
@@ -142,7 +143,7 @@ IDENTITIES: dict[str, Identity] = {
 }
 
 
-def _permissions(name: str, identity: Identity, stream: str) -> dict:
+def _permissions(name: str, identity: Identity, stream: str) -> dict[str, dict[str, list[str]]]:
     publish = [f"secd.run.*.{type_token(t)}" for t in identity.publishes]
     for consumer in identity.consumers:
         publish += [
@@ -195,14 +196,14 @@ def nats_server_config(
     passwords: dict[str, str],
     stream: str = "SECD",
     server_name: str | None = None,
-    cluster: dict | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> str:
     """The nats-server config: JetStream on, one user per identity, the bootstrap user.
 
     With `cluster` (nats-server's cluster block: name, listen, authorization, routes) it is one
     node, `server_name`, of a JetStream cluster; every node has the same users.
     """
-    users = [
+    users: list[dict[str, Any]] = [
         {"user": BOOTSTRAP_USER, "password": passwords[BOOTSTRAP_USER]},
     ]
     for name, identity in IDENTITIES.items():

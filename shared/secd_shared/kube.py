@@ -12,6 +12,7 @@ services fail fast with the same reasons.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Iterator
@@ -137,32 +138,37 @@ class Kube:
         response.read()
         return json.loads(response.data) if response.data else {}
 
-    def create(self, body: dict) -> dict:
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create an object; raises Conflict if one of that name exists."""
         meta = body["metadata"]
-        return self._call("POST", _path(body["kind"], meta["namespace"]), body=body)
+        created: dict[str, Any] = self._call(
+            "POST", _path(body["kind"], meta["namespace"]), body=body
+        )
+        return created
 
-    def get(self, kind: str, namespace: str, name: str) -> dict:
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         """Read one object; raises NotFound."""
-        return self._call("GET", _path(kind, namespace, name))
+        found: dict[str, Any] = self._call("GET", _path(kind, namespace, name))
+        return found
 
-    def list(self, kind: str, namespace: str, selector: str) -> list[dict]:
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         """Objects of a kind whose labels match `selector` (e.g. ``secd.io/run=r1``)."""
         found = self._call("GET", _path(kind, namespace), query=[("labelSelector", selector)])
-        items = found.get("items") or []
+        items: list[dict[str, Any]] = found.get("items") or []
         for item in items:
             # Lists leave kind out of their items; put it back so an item reads like a get.
             item.setdefault("kind", kind)
         return items
 
-    def patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict:
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Apply a JSON merge patch (RFC 7386)."""
-        return self._call(
+        patched: dict[str, Any] = self._call(
             "PATCH",
             _path(kind, namespace, name),
             body=patch,
             content_type="application/merge-patch+json",
         )
+        return patched
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete an object and (in the background) what it owns; False if it was gone."""
@@ -196,7 +202,8 @@ class Kube:
             stream=True,
         )
         try:
-            return response.read()
+            data: bytes = response.read()
+            return data
         finally:
             response.release_conn()
 
@@ -205,7 +212,7 @@ class Kube:
         namespace: str,
         pod: str,
         container: str,
-        command: list[str],
+        command: builtins.list[str],  # `list` alone is the method above, in this class
         sink: IO[bytes],
         *,
         limit_bytes: int,
@@ -275,7 +282,7 @@ def _error(method: str, path: str, status: int, data: bytes | None) -> KubeError
     return KubeError(status, text)
 
 
-def owner_reference(owner: dict) -> dict:
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     """An ownerReference to `owner`, so deleting it deletes what it owns."""
     return {
         "apiVersion": owner["apiVersion"],
@@ -317,21 +324,23 @@ _PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrIm
 _CONFIG_FAILURES = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 
 
-def _condition(job: dict, kind: str) -> dict | None:
+def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    condition: dict[str, Any]
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == kind and condition.get("status") == "True":
             return condition
     return None
 
 
-def _container_status(pod: dict, container: str) -> dict:
+def _container_status(pod: dict[str, Any], container: str) -> dict[str, Any]:
+    status: dict[str, Any]
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == container:
             return status
     return {}
 
 
-def _never_starts(pod: dict, container: str) -> str | None:
+def _never_starts(pod: dict[str, Any], container: str) -> str | None:
     """Why the container can never start, in one line for the researcher; None if it may."""
     waiting = (_container_status(pod, container).get("state") or {}).get("waiting") or {}
     reason = waiting.get("reason", "")
@@ -354,11 +363,11 @@ def _never_starts(pod: dict, container: str) -> str | None:
     return None
 
 
-def job_state(job: dict, pods: list[dict], container: str) -> JobState:
+def job_state(job: dict[str, Any], pods: list[dict[str, Any]], container: str) -> JobState:
     """How the Job stands, from its conditions and its pods' container states."""
     pod = pods[0] if pods else None
     pod_name = pod["metadata"]["name"] if pod else None
-    terminated: dict = {}
+    terminated: dict[str, Any] = {}
     started = False
     if pod is not None:
         state = _container_status(pod, container).get("state") or {}

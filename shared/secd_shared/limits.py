@@ -167,7 +167,8 @@ def parse_requested(data: Any, maximum: Limits) -> RequestedLimits:
     unknown = [str(key) for key in data if key not in LIMIT_NAMES]
     if unknown:
         raise ValueError(f"limits.{unknown[0]} is not a limit; use {', '.join(LIMIT_NAMES)}")
-    asked: dict[str, int | float] = {}
+    # An int or a float by name; RequestedLimits says which field is which.
+    asked: dict[str, Any] = {}
     for name, value in data.items():
         field = f"limits.{name}"
         if name in _SIZES:

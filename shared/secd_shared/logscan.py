@@ -18,6 +18,7 @@ import json
 import weakref
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -90,14 +91,17 @@ def _route(nc: Client) -> dict[int, Callable[[bytes, bytes], None]]:
         # Another nats-py: every reply takes the subscription callback (slower, same result).
         return routes
 
-    async def process_msg(sid, subject, reply, data, headers):
+    async def process_msg(
+        sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
         handler = routes.get(sid)
         if handler is None:
-            return await original(sid, subject, reply, data, headers)
+            await original(sid, subject, reply, data, headers)
+            return
         handler(headers or b"", data)
-        return None
 
-    nc._process_msg = process_msg
+    # Replacing nats-py's private per-message hook on this one connection is the point here.
+    nc._process_msg = process_msg  # type: ignore[method-assign]
     return routes
 
 
@@ -137,6 +141,7 @@ class _Batches:
             return
         end = block.find(b"\r\n", at + 15)
         subject = block[at + 15 : end]
+        seq: bytes | None
         if block.startswith(b"\r\nNats-Sequence:", end):
             seq = block[end + 16 : block.find(b"\r\n", end + 16)]
         else:
@@ -186,7 +191,7 @@ async def scan(
     seq = start_seq
     try:
         while True:
-            request: dict = {"batch": batch, "next_by_subj": subjects}
+            request: dict[str, Any] = {"batch": batch, "next_by_subj": subjects}
             if start_time is not None:
                 # Only the first request seeks by time; the next ones go on from a sequence.
                 request["start_time"] = start_time.astimezone(UTC).isoformat()

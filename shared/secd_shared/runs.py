@@ -6,6 +6,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from secd_shared.events import (
     BuildSucceeded,
@@ -20,7 +21,7 @@ from secd_shared.events import (
     RunRejected,
 )
 
-__all__ = ["STAGES", "RunView", "fold_event", "fold_run", "fold_runs"]
+__all__ = ["STAGES", "RunView", "fold_event", "fold_run", "fold_runs", "run_researcher"]
 
 # stage name -> (event that starts it, events that end it)
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -68,12 +69,12 @@ class RunView:
     commits: list[str] = field(default_factory=list)
     environment: str | None = None
     granted: list[str] = field(default_factory=list)
-    refused: list[dict] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
     revoked: bool = False
     stages: dict[str, float] = field(default_factory=dict)
     events: list[tuple[str, datetime]] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (times as ISO strings, seconds rounded to milliseconds)."""
         return {
             "run_id": self.run_id,
@@ -166,6 +167,15 @@ def _apply(view: RunView, payload: object) -> None:
             view.branch, view.files = payload.branch, list(payload.files)
         case CredentialsRevoked():
             view.revoked = True
+
+
+def run_researcher(events: Iterable[Event]) -> str:
+    """The run's researcher, as the verifier named them (push.verified); "" before that.
+
+    Not the first event's actor: push.received's actor is the forge account that pushed, and
+    later events (an officer's review.recorded) carry other actors.
+    """
+    return next((e.payload.researcher for e in events if isinstance(e.payload, PushVerified)), "")
 
 
 def fold_runs(events: Iterable[Event]) -> dict[str, RunView]:

@@ -16,7 +16,7 @@ from secd_shared.identities import CONSUMERS, IDENTITIES
 from secd_shared.logs import configure_logging
 from secd_shared.worker import Handler, Worker
 
-__all__ = ["Setup", "producer_for", "run_service", "serve"]
+__all__ = ["Handlers", "Setup", "producer_for", "run_service", "serve"]
 
 log = logging.getLogger("secd.service")
 
@@ -72,7 +72,9 @@ async def serve(
         log.info("%s stopped", service)
 
 
-def run_service(service: str, setup: Setup, *, concurrency: Callable[[Config], int] | None = None):
+def run_service(
+    service: str, setup: Setup, *, concurrency: Callable[[Config], int] | None = None
+) -> None:
     """The body of a service's `__main__`: exits 2 with one line on a bad config."""
     try:
         config = load_config()

@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -53,7 +54,9 @@ def write_folder(folder: Path, out: IO[bytes]) -> None:
                     archive.addfile(info)
 
 
-def _links_inside(skipped: list[str]):
+def _links_inside(
+    skipped: list[str],
+) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
     """tarfile's "data" filter, except that a link pointing outside is dropped, not fatal."""
 
     def keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

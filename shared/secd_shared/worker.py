@@ -27,7 +27,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from secd_shared.bus import EventBus, StoredEvent
-from secd_shared.events import Event, EventDecodeError, Payload, Producer, RunFailed, new_event
+from secd_shared.events import AnyPayload, Event, EventDecodeError, Producer, RunFailed, new_event
 
 __all__ = ["Emit", "Handler", "PermanentError", "TransientError", "Worker", "skips_if"]
 
@@ -63,12 +63,12 @@ class TransientError(Exception):
 class Emit:
     """A payload to publish, optionally as a different actor (the verifier names the researcher)."""
 
-    payload: Payload
+    payload: AnyPayload
     actor: str | None = None
 
 
-Handler = Callable[[StoredEvent], Awaitable[Sequence[Payload | Emit]]]
-_H = TypeVar("_H", bound=Callable[..., Awaitable[Sequence[Payload | Emit]]])
+Handler = Callable[[StoredEvent], Awaitable[Sequence[AnyPayload | Emit]]]
+_H = TypeVar("_H", bound=Callable[..., Awaitable[Sequence[AnyPayload | Emit]]])
 
 
 def skips_if(*event_types: str) -> Callable[[_H], _H]:
@@ -161,7 +161,7 @@ class Worker:
                     " or ".join(self.skip_if),
                     extra={"run_id": event.run_id, "attempt": attempt},
                 )
-                outputs: Sequence[Payload | Emit] = ()
+                outputs: Sequence[AnyPayload | Emit] = ()
             else:
                 outputs = await self.handler(stored)
             for output in outputs:
@@ -221,7 +221,7 @@ class Worker:
                 return
         await msg.term()
 
-    def _envelope(self, output: Payload | Emit, cause: StoredEvent) -> Event:
+    def _envelope(self, output: AnyPayload | Emit, cause: StoredEvent) -> Event:
         emit = output if isinstance(output, Emit) else Emit(output)
         event = cause.event
         return new_event(
