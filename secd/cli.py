@@ -1,4 +1,4 @@
-"""The `secd` command: up, demo, runs, audit."""
+"""The `secd` command: up, demo, runs, logs, review, audit, repo, init."""
 
 from __future__ import annotations
 
@@ -188,6 +188,136 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+REVIEW_AUTH_HELP = (
+    "give your officer token in SECD_OFFICER_TOKEN or in a file named by --token-file "
+    "(never on the command line); the embedded site's are in secrets/officer-N.token"
+)
+_REVIEW_STATUS = {
+    401: "the gateway does not accept this officer token (401): check it, or ask the operator",
+    403: "refused (403)",
+    404: "not found (404)",
+    409: "already decided (409)",
+    422: "not accepted (422)",
+    503: "the gateway cannot answer now (503); try again",
+}
+
+
+class ReviewError(Exception):
+    """A review request that did not succeed, in words for the officer."""
+
+
+def _officer_token(args: argparse.Namespace) -> str:
+    """The officer's token: --token-file, else $SECD_OFFICER_TOKEN."""
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ReviewError(f"cannot read --token-file: {exc.strerror}") from None
+    else:
+        token = os.environ.get("SECD_OFFICER_TOKEN", "").strip()
+    if not token:
+        raise ReviewError(f"no officer token: {REVIEW_AUTH_HELP}")
+    return token
+
+
+def _review_request(args: argparse.Namespace, method: str, path: str, body=None) -> dict:
+    """One call to the gateway's review API as the officer; ReviewError saying what failed."""
+    import httpx
+
+    base = _gateway_url(args)
+    headers = {"Authorization": f"Bearer {_officer_token(args)}"}
+    try:
+        response = httpx.request(method, f"{base}{path}", json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise ReviewError(
+            f"the gateway at {base} is not reachable ({type(exc).__name__}); is secd up?"
+        ) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", "")
+        except ValueError:
+            detail = ""
+        what = _REVIEW_STATUS.get(response.status_code, f"HTTP {response.status_code}")
+        raise ReviewError(f"{what}: {detail}" if detail else what)
+    return response.json()
+
+
+def _held_file(state: dict, wanted: str) -> dict:
+    """The held file `wanted` names: its sha256 (or 8+ leading hex digits) or its name."""
+    files = state["files"]
+    found = [f for f in files if f["sha256"] == wanted or f["name"] == wanted]
+    if not found and len(wanted) >= 8:
+        found = [f for f in files if f["sha256"].startswith(wanted)]
+    if len(found) != 1:
+        names = ", ".join(f"{f['name']} ({f['sha256'][:12]})" for f in files) or "none"
+        problem = "names several" if found else "is no held file"
+        raise ReviewError(f"{wanted!r} {problem} of run {state['run_id']}; held: {names}")
+    return found[0]
+
+
+def _describe_review(state: dict) -> str:
+    lines = [
+        f"run {state['run_id']}: researcher {state['researcher'] or '?'}, "
+        f"project {state['project']}, {state['ref'] or '?'} at {(state['head'] or '?')[:12]}",
+        f"  commits: {' '.join(c[:12] for c in state['commits']) or 'none'}",
+        f"  database {state['database'] or 'none'}, tables granted: "
+        f"{', '.join(state['granted']) or 'none'}",
+        f"  overall verdict {state['verdict']}; {state['undeclared']} undeclared file(s) kept back",
+    ]
+    if state.get("own_run"):
+        lines.append("  this is your own run: you cannot review it")
+    for check in state["log_checks"]:
+        lines.append(f"  job log: {check['name']} {check['verdict']}: {check['evidence']}")
+    for f in state["files"]:
+        size = f"{f['size']} bytes" if f["size"] is not None else "size ?"
+        lines.append(f"  file {f['name']!r} ({f['kind'] or '?'}, {size}) sha256 {f['sha256']}")
+        lines.append(f"    route {f['route']}, held because: {f['reason']}; state {f['state']}")
+        if f["state"] == "held":
+            lines.append(f"    {f['approvals']} of {f['needed']} approvals recorded")
+        if f["your_vote"]:
+            lines.append(f"    you voted {f['your_vote']['decision']}: {f['your_vote']['reason']}")
+        for check in f["checks"]:
+            lines.append(
+                f"    {check['name']} v{check['version']}: {check['verdict']}: {check['evidence']}"
+            )
+    return "\n".join(lines)
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    try:
+        if args.review_command == "list":
+            runs = _review_request(args, "GET", "/reviews")["runs"]
+            if args.json:
+                print(json.dumps(runs, indent=2))
+                return 0
+            print(f"{'RUN':26} {'RESEARCHER':12} {'PROJECT':28} {'HELD':>4}  VERDICT")
+            for run in runs:
+                print(
+                    f"{run['run_id']:26} {run['researcher']:12} {run['project'][:28]:28} "
+                    f"{run['held']:>4}  {run['verdict']}"
+                )
+            if not runs:
+                print("nothing waits for review")
+            return 0
+        state = _review_request(args, "GET", f"/reviews/{args.run_id}")
+        if args.review_command == "show":
+            print(json.dumps(state, indent=2) if args.json else _describe_review(state))
+            return 0
+        item = _held_file(state, args.file)
+        decision = "approve" if args.review_command == "approve" else "reject"
+        _review_request(
+            args,
+            "POST",
+            f"/reviews/{args.run_id}/{item['sha256']}",
+            {"decision": decision, "reason": args.reason},
+        )
+    except ReviewError as exc:
+        print(f"secd: {exc}", file=sys.stderr)
+        return 1
+    print(f"recorded: {decision} {item['name']!r} of run {args.run_id}")
+    return 0
+
+
 def _cmd_repo_create(args: argparse.Namespace) -> int:
     import tomllib
 
@@ -332,6 +462,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logs.add_argument("--gateway", help="gateway URL (default: from the state dir's secd.toml)")
     logs.set_defaults(func=_cmd_logs)
+
+    review = sub.add_parser(
+        "review",
+        help="security officers: outputs the airlock held, and your decisions on them",
+        description=f"Your officer token: {REVIEW_AUTH_HELP}.",
+    )
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    review_list = review_sub.add_parser("list", help="runs with held files, oldest first")
+    review_show = review_sub.add_parser(
+        "show", help="a run's context, each held file's checks and evidence, approvals so far"
+    )
+    review_show.add_argument("run_id")
+    review_approve = review_sub.add_parser("approve", help="approve one held file")
+    review_reject = review_sub.add_parser("reject", help="reject one held file (it never leaves)")
+    for command in (review_approve, review_reject):
+        command.add_argument("run_id")
+        command.add_argument("file", help="the held file's name or sha256 (8+ leading digits)")
+        command.add_argument(
+            "--reason",
+            default="",
+            help="why (needed to reject, and to approve a file the checks blocked)",
+        )
+    for command in (review_list, review_show, review_approve, review_reject):
+        command.add_argument("--gateway", help="gateway URL (default: from the state dir)")
+        command.add_argument("--token-file", help="a file holding your officer token")
+        command.set_defaults(func=_cmd_review)
+    for command in (review_list, review_show):
+        command.add_argument("--json", action="store_true")
 
     audit = sub.add_parser("audit", help="the security officer's view of the event log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

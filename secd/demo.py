@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from secd.audit import open_log, wait_for_commit
-from secd.stack import SERVICES, Stack
+from secd.stack import OFFICER_GROUPS, SERVICES, Stack
 
 __all__ = ["run_demo"]
 
@@ -207,6 +207,7 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
     (state_dir / "groups.toml").write_text(
         "[researchers]\n"
         f'{RESEARCHER} = ["postgres-patients-read", "postgres-diagnoses-read", "staff"]\n'
+        + OFFICER_GROUPS
     )
     started = time.monotonic()
     await stack.start()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from secd.nats_server import NatsServer, cluster_block, free_port, start_nats, write_nats_config
 
-__all__ = ["SERVICES", "Stack"]
+__all__ = ["OFFICER_GROUPS", "SERVICES", "Stack"]
 
 SERVICES = (
     "gateway",
@@ -40,6 +40,8 @@ SERVICES = (
 AIRLOCK_READER = "airlock_reader"
 # The embedded site's security officers (review tokens in secrets/<officer>.token).
 OFFICERS = ("officer-1", "officer-2")
+# Their role, in the groups file: members of the officers' group (identity.officer_group).
+OFFICER_GROUPS = "".join(f'"{officer}" = ["secd-officers"]\n' for officer in OFFICERS)
 
 
 _SERVICE_FOLDERS = {
@@ -246,6 +248,7 @@ class Stack:
         if not groups.exists():
             groups.write_text(
                 '# researcher -> groups, e.g. alice = ["postgres-patients-read"]\n[researchers]\n'
+                + OFFICER_GROUPS
             )
         return config
 

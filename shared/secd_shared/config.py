@@ -155,11 +155,14 @@ class KeycloakConfig(_Section, frozen=True):
 
 
 class IdentityConfig(_Section, frozen=True):
-    """Where a researcher's groups come from."""
+    """Where a person's groups come from: a researcher's grants, an officer's role."""
 
     kind: str = "file"
     groups_file: str = "groups.toml"
     keycloak: KeycloakConfig = msgspec.field(default_factory=KeycloakConfig)
+    # Security officers are the members of this group (in the groups file, or under
+    # keycloak.group_root); the gateway's review API and page serve only them.
+    officer_group: str = "secd-officers"
 
 
 class VerifierConfig(_Section, frozen=True):

@@ -4,6 +4,7 @@ answer like the Keycloak admin API and GitLab API v4; not the real products)."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from secd_credentials.identity import IdentityError, NoIdentity, make_identity
@@ -40,6 +41,37 @@ def test_an_unreachable_source_is_retried_not_a_verdict(identity_world: Identity
     assert not isinstance(caught.value, NoIdentity)
 
 
+def test_an_officer_is_a_member_of_the_officers_group(identity_world: IdentityWorld):
+    identity_world.grant("olga", ["secd-officers"])
+    identity_world.grant("alice", ["postgres-patients-read"])
+    identity_world.grant("bob", ["postgres-patients-read", "secd-officers"])
+    identity = make_identity(identity_world.config)
+    assert identity.is_officer("olga")
+    assert identity.is_officer("bob")  # a researcher may also be an officer
+    assert not identity.is_officer("alice")
+    assert not identity.is_officer("carol")  # unknown to the source: no role
+
+
+def test_the_officers_group_is_configurable(identity_world: IdentityWorld):
+    identity_world.grant("olga", ["secd-officers"])
+    identity_world.grant("pia", ["airlock-reviewers"])
+    config = identity_world.config
+    config = msgspec.structs.replace(
+        config, identity=msgspec.structs.replace(config.identity, officer_group="airlock-reviewers")
+    )
+    identity = make_identity(config)
+    assert identity.is_officer("pia")
+    assert not identity.is_officer("olga")
+
+
+def test_an_unreachable_source_cannot_say_who_is_an_officer(identity_world: IdentityWorld):
+    identity_world.grant("olga", ["secd-officers"])
+    identity = make_identity(identity_world.config)
+    identity_world.make_unavailable()
+    with pytest.raises(IdentityError):
+        identity.is_officer("olga")
+
+
 # -- Keycloak only: the path from GitLab to Keycloak (FakeGitLab, FakeKeycloak) ------------
 
 
@@ -65,6 +97,13 @@ def test_only_groups_under_the_root_grant_access(keycloak_world):
     )
     keycloak_world.gitlab.add_identity(user, "openid_connect", member.id)
     assert make_identity(keycloak_world.config).groups_of("frank") == ["postgres-patients-read"]
+
+
+def test_an_officers_group_outside_the_root_gives_no_role(keycloak_world):
+    user = keycloak_world.gitlab.add_user("gina", "Gina", "gina@example.org")
+    member = keycloak_world.keycloak.add_user("gina", ["/other/secd-officers"])
+    keycloak_world.gitlab.add_identity(user, "openid_connect", member.id)
+    assert not make_identity(keycloak_world.config).is_officer("gina")
 
 
 def test_a_wrong_client_secret_is_retried_and_never_shown(keycloak_world, monkeypatch):

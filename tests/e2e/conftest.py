@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from secd.audit import open_log, wait_for_commit
-from secd.stack import Stack
+from secd.stack import OFFICER_GROUPS, Stack
 from secd_shared.forge import create_repository
 from tests.gpghelp import GpgKey, git_env, make_key, stop_agent
 
@@ -66,7 +66,7 @@ async def start_stack(root: Path, keys, **options) -> Stack:
         (stack.state_dir / "keys" / name).mkdir(parents=True)
         (stack.state_dir / "keys" / name / "key.asc").write_text(key.public_armor)
     (stack.state_dir / "groups.toml").write_text(
-        '[researchers]\nalice = ["postgres-patients-read"]\n'
+        '[researchers]\nalice = ["postgres-patients-read"]\n' + OFFICER_GROUPS
     )
     await stack.start()
     conn = await asyncpg.connect(**stack.postgres_admin_dsn())

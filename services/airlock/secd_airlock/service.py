@@ -56,6 +56,7 @@ from secd_shared.events import (
     WithheldFile,
 )
 from secd_shared.outputs import declared_for
+from secd_shared.runs import run_researcher
 from secd_shared.worker import PermanentError, TransientError
 
 log = logging.getLogger("secd.airlock")
@@ -312,7 +313,7 @@ class Airlock:
         """Apply officers' votes: release or withhold each held file once it is decided."""
         run = await self.bus.read_run(stored.event.run_id)
         events = [s.event for s in run]
-        researcher = events[0].actor if events else ""
+        researcher = run_researcher(events)
         held = [f for e in events if isinstance(e.payload, OutputsHeld) for f in e.payload.files]
         reviews = [e.payload for e in events if isinstance(e.payload, ReviewRecorded)]
         done = {

@@ -5,6 +5,7 @@ identity_port.py and is listed here too.
 
 [researchers]
 alice = ["postgres-patients-read"]
+officer-1 = ["secd-officers"]   # a security officer: a member of identity.officer_group
 """
 
 from __future__ import annotations
@@ -24,21 +25,15 @@ __all__ = ["FileIdentity", "Identity", "IdentityError", "NoIdentity", "make_iden
 class FileIdentity:
     """Reads the groups file, re-reading it when it changes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, officer_group: str = "secd-officers") -> None:
         self.path = path
+        self.officer_group = officer_group
         self._mtime: float | None = None
         self._groups: dict[str, list[str]] = {}
 
     def groups_of(self, researcher: str) -> list[str]:
         """The researcher's groups; NoIdentity for a researcher the file has no groups for."""
-        try:
-            mtime = self.path.stat().st_mtime
-        except FileNotFoundError:
-            raise IdentityError(f"groups file {self.path} does not exist") from None
-        if mtime != self._mtime:
-            self._groups = self._load()
-            self._mtime = mtime
-        groups = self._groups.get(researcher)
+        groups = self._table().get(researcher)
         if groups is None:
             raise NoIdentity(
                 f"{researcher} is not in the groups file (identity.groups_file); ask the operator"
@@ -46,6 +41,21 @@ class FileIdentity:
         if not groups:
             raise NoIdentity(f"{researcher} has no groups in the groups file; ask the operator")
         return list(groups)
+
+    def is_officer(self, person: str) -> bool:
+        """Whether the file lists `person` in the officers' group (identity.officer_group)."""
+        return self.officer_group in self._table().get(person, [])
+
+    def _table(self) -> dict[str, list[str]]:
+        """The file's [researchers] table, re-read when the file changed."""
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            raise IdentityError(f"groups file {self.path} does not exist") from None
+        if mtime != self._mtime:
+            self._groups = self._load()
+            self._mtime = mtime
+        return self._groups
 
     def _load(self) -> dict[str, list[str]]:
         try:
@@ -68,4 +78,6 @@ def make_identity(config: Config) -> Identity:
         from .keycloak import KeycloakIdentity
 
         return KeycloakIdentity.from_config(config)
-    return FileIdentity(config.path(config.identity.groups_file))
+    return FileIdentity(
+        config.path(config.identity.groups_file), officer_group=config.identity.officer_group
+    )

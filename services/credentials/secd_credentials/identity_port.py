@@ -1,5 +1,5 @@
-"""The identity port: where a researcher's groups come from, and how a source says it cannot
-answer.
+"""The identity port: where a researcher's groups come from, who is a security officer, and how
+a source says it cannot answer.
 
 Its adapters (secd_credentials.identity.FileIdentity, secd_credentials.keycloak.KeycloakIdentity)
 import this module only, so the factory (secd_credentials.identity.make_identity) can import them
@@ -22,8 +22,13 @@ class NoIdentity(IdentityError):
 
 
 class Identity(Protocol):
-    """Where a researcher's groups come from."""
+    """Where a researcher's groups come from, and who holds the security officers' role."""
 
     def groups_of(self, researcher: str) -> list[str]:
         """The researcher's group names; NoIdentity if they have none, IdentityError if unsure."""
+        ...
+
+    def is_officer(self, person: str) -> bool:
+        """Whether `person` is in the officers' group (identity.officer_group); False for
+        someone the source does not know, IdentityError if the source cannot answer now."""
         ...

@@ -46,12 +46,17 @@ class KeycloakIdentity:
     """Groups of a researcher from Keycloak, found through their GitLab identity."""
 
     def __init__(
-        self, gitlab_client: gitlab.Gitlab, keycloak: KeycloakAdmin, settings: KeycloakConfig
+        self,
+        gitlab_client: gitlab.Gitlab,
+        keycloak: KeycloakAdmin,
+        settings: KeycloakConfig,
+        officer_group: str = "secd-officers",
     ) -> None:
         """Ask GitLab for identities, Keycloak for users and groups."""
         self.gitlab = gitlab_client
         self.keycloak = keycloak
         self.settings = settings
+        self.officer_group = officer_group
 
     @classmethod
     def from_config(cls, config: Config) -> KeycloakIdentity:
@@ -73,24 +78,37 @@ class KeycloakIdentity:
             timeout=int(settings.timeout_s),
             verify=True,
         )
-        return cls(client, admin, settings)
+        return cls(client, admin, settings, officer_group=config.identity.officer_group)
 
     def groups_of(self, researcher: str) -> list[str]:
         """The researcher's grant groups; NoIdentity if there are none, IdentityError if unsure."""
-        extern_uid = self._extern_uid(researcher)
-        user_id = self._keycloak_user(researcher, extern_uid)
-        try:
-            groups = self.keycloak.get_user_groups(user_id, brief_representation=True)
-        except KeycloakError as exc:
-            raise self._down("the user's groups", exc) from None
+        names = self._groups_under_root(researcher)
         root = self.settings.group_root
-        names = [name for g in groups if (name := _under(str(g.get("path", "")), root))]
         if not names:
             raise NoIdentity(
                 f"{researcher} is in no Keycloak group under {root!r} of realm "
                 f"{self.settings.realm!r}; ask your project administrator for access"
             )
         return names
+
+    def is_officer(self, person: str) -> bool:
+        """Whether `person` is in the officers' group under group_root (e.g.
+        /secd/secd-officers); a group of that name elsewhere in the realm does not count."""
+        try:
+            return self.officer_group in self._groups_under_root(person)
+        except NoIdentity:
+            return False
+
+    def _groups_under_root(self, person: str) -> list[str]:
+        """The last segments of `person`'s groups under group_root, in Keycloak's order."""
+        extern_uid = self._extern_uid(person)
+        user_id = self._keycloak_user(person, extern_uid)
+        try:
+            groups = self.keycloak.get_user_groups(user_id, brief_representation=True)
+        except KeycloakError as exc:
+            raise self._down("the user's groups", exc) from None
+        root = self.settings.group_root
+        return [name for g in groups if (name := _under(str(g.get("path", "")), root))]
 
     def _extern_uid(self, researcher: str) -> str:
         try:

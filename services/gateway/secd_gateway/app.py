@@ -31,7 +31,8 @@ from secd_shared.service import producer_for
 from secd_shared.tail import text_tail
 
 from .gitlab_hook import add_gitlab_hook
-from .reviews import add_review_api
+from .review_page import add_review_page
+from .reviews import OfficerRole, ReviewDesk, add_review_api, load_officers
 
 __all__ = ["HookBody", "create_app"]
 
@@ -73,10 +74,13 @@ def create_app(
     *,
     gitlab_secret: str | None = None,
     read_token: str | None = None,
+    officer_role: OfficerRole | None = None,
 ) -> FastAPI:
     """The gateway's HTTP API, bound to a bus and the forge's shared token (or GitLab's secret).
 
     With `read_token`, the read API (runs, job logs) answers only requests that carry it.
+    Security officers' reviews (API and page) need `[gateway] officers_file`; who holds the
+    officer role is `officer_role`'s answer (default: the identity port of `[identity]`).
     The runs are read from the gateway's own view of the log (secd_gateway.projection), which
     the app's lifespan starts and keeps up to date; without a lifespan (an in-process client),
     the first request starts it.
@@ -119,7 +123,20 @@ def create_app(
             raise ValueError("forge.kind is gitlab: the gateway needs the hook's secret token")
         add_gitlab_hook(app, config, bus, register, gitlab_secret, producer)
 
-    add_review_api(app, bus, config.gateway.officers_file, producer, limit)
+    if officer_role is None:
+        from secd_credentials.identity import make_identity
+
+        officer_role = make_identity(config)
+    officers_file = config.gateway.officers_file
+    desk = ReviewDesk(
+        bus,
+        load_officers(Path(config.path(officers_file))) if officers_file else {},
+        officer_role,
+        producer,
+        config.airlock.reviewers,
+    )
+    add_review_api(app, desk, limit)
+    add_review_page(app, desk, limit)
 
     @app.post("/hooks/git", status_code=202)
     async def git_hook(request: Request) -> JSONResponse:

@@ -1,43 +1,68 @@
 """Security officers' side of the airlock: what is held, and their decisions (`review.recorded`).
 
 Officers authenticate with a bearer token of their own; `[gateway] officers_file` maps each
-officer to the sha256 of their token (the tokens themselves are never stored here). A decision is
-one `review.recorded` event per officer and file (its first vote counts); the airlock applies
-the two-person rule. Officers see what the checks found (check names, verdicts, evidence in
-figures); the content of a held file is fetched on the secure side (`secd review fetch`).
+officer to the sha256 of their token (the tokens themselves are never stored here). The token
+says who the officer is; the identity port says whether they hold the role (a member of
+`identity.officer_group`), so removing someone from the group ends their access even while
+their token is still listed. A decision is one `review.recorded` event per officer and file
+(its first vote counts); the airlock applies the two-person rule.
+
+Officers see what the checks found (check names, verdicts, evidence in figures) and the run's
+context, never the content of a held file. Before an officer votes on a file they see how
+many approvals it has, never who gave them or why: each decides on their own. The JSON API
+here and the web page (secd_gateway.review_page) both go through ReviewDesk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
+import time
 import tomllib
 from pathlib import Path
+from typing import Any, Protocol
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from secd_credentials.identity_port import IdentityError
 from secd_gateway.body import read_body, require_json
-from secd_shared.bus import EventBus
+from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.events import (
+    CredentialsIssued,
     Event,
     OutputsChecked,
     OutputsHeld,
     OutputsReleased,
     OutputsWithheld,
     Producer,
+    PushReceived,
+    PushVerified,
     ReviewRecorded,
     new_event,
 )
 from secd_shared.runid import parse_run_id
+from secd_shared.runs import run_researcher
 
-__all__ = ["Decision", "add_review_api", "load_officers", "review_state"]
+__all__ = [
+    "Decision",
+    "OfficerRole",
+    "ReviewDesk",
+    "ReviewRefused",
+    "add_review_api",
+    "load_officers",
+    "review_state",
+]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OFFICER = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 MAX_REASON = 1000
+# How long the identity source's answer on an officer's role is trusted (seconds): removing
+# someone from the officers' group takes effect within this time.
+ROLE_CACHE_S = 30.0
 
 
 class Decision(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,6 +70,23 @@ class Decision(msgspec.Struct, forbid_unknown_fields=True):
 
     decision: str
     reason: str = ""
+
+
+class OfficerRole(Protocol):
+    """The part of the identity port the gateway uses (secd_credentials.identity)."""
+
+    def is_officer(self, person: str) -> bool:
+        """Whether `person` holds the security officers' role; IdentityError if unsure."""
+        ...
+
+
+class ReviewRefused(Exception):
+    """A review request refused: the HTTP status and a reason for the officer."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
 def load_officers(path: Path) -> dict[str, str]:
@@ -59,8 +101,9 @@ def load_officers(path: Path) -> dict[str, str]:
     return dict(officers)
 
 
-def review_state(events: list[Event]) -> dict:
-    """A run's airlock state for officers: the checks, each held file and its votes."""
+def review_state(events: list[Event], viewer: str, needed: int) -> dict[str, Any]:
+    """A run's airlock state as `viewer` (an officer) may see it: the run's context, the checks,
+    each held file with its approval count and the viewer's own vote, never another's."""
     checked = next((e.payload for e in events if isinstance(e.payload, OutputsChecked)), None)
     held = [f for e in events if isinstance(e.payload, OutputsHeld) for f in e.payload.files]
     decided: dict[str, str] = {}
@@ -69,20 +112,17 @@ def review_state(events: list[Event]) -> dict:
             decided.update({f.sha256: "released" for f in e.payload.files})
         elif isinstance(e.payload, OutputsWithheld):
             decided.update({f.sha256: "withheld" for f in e.payload.files})
-    votes: dict[str, list[dict]] = {}
+    researcher = run_researcher(events)
+    votes: dict[str, dict[str, ReviewRecorded]] = {}
     for e in events:
-        if isinstance(e.payload, ReviewRecorded):
-            votes.setdefault(e.payload.sha256, []).append(
-                {
-                    "officer": e.payload.officer,
-                    "decision": e.payload.decision,
-                    "reason": e.payload.reason,
-                }
-            )
+        if isinstance(e.payload, ReviewRecorded) and e.payload.officer != researcher:
+            # An officer's first vote counts, as in the airlock (secd_airlock.service.decide).
+            votes.setdefault(e.payload.sha256, {}).setdefault(e.payload.officer, e.payload)
     checks = {f.sha256: f for f in (checked.files if checked else [])}
     files = []
     for item in held:
         seen = checks.get(item.sha256)
+        mine = votes.get(item.sha256, {}).get(viewer)
         files.append(
             {
                 "sha256": item.sha256,
@@ -92,14 +132,27 @@ def review_state(events: list[Event]) -> dict:
                 "state": decided.get(item.sha256, "held"),
                 "size": seen.size if seen else None,
                 "kind": seen.kind if seen else None,
+                "verdict": seen.verdict if seen else None,
                 "checks": [msgspec.to_builtins(c) for c in seen.checks] if seen else [],
-                "votes": votes.get(item.sha256, []),
+                "approvals": sum(
+                    v.decision == "approve" for v in votes.get(item.sha256, {}).values()
+                ),
+                "needed": needed,
+                "your_vote": ({"decision": mine.decision, "reason": mine.reason} if mine else None),
             }
         )
+    pushed = next((e.payload for e in events if isinstance(e.payload, PushReceived)), None)
+    verified = next((e.payload for e in events if isinstance(e.payload, PushVerified)), None)
+    issued = next((e.payload for e in events if isinstance(e.payload, CredentialsIssued)), None)
     return {
         "run_id": events[0].run_id if events else None,
-        "researcher": events[0].actor if events else None,
+        "researcher": researcher,
         "project": events[0].project if events else None,
+        "ref": pushed.ref if pushed else None,
+        "head": pushed.after if pushed else None,
+        "commits": list(verified.commits) if verified else [],
+        "database": issued.database if issued else None,
+        "granted": list(issued.granted) if issued else [],
         "verdict": checked.verdict if checked else None,
         "undeclared": checked.undeclared if checked else 0,
         "log_checks": [msgspec.to_builtins(c) for c in checked.log] if checked else [],
@@ -107,51 +160,87 @@ def review_state(events: list[Event]) -> dict:
     }
 
 
-def add_review_api(
-    app: FastAPI, bus: EventBus, officers_file: str | None, producer: Producer, limit: int
-) -> None:
-    """GET /reviews, GET /reviews/{run}, POST /reviews/{run}/{sha256}: officers only."""
-    officers = load_officers(Path(officers_file)) if officers_file else {}
+class ReviewDesk:
+    """Who is an officer, what they see, and recording their votes: one path for the JSON API
+    and the web page."""
 
-    def officer(request: Request) -> str:
-        if not officers:
-            raise HTTPException(404, "no security officers are configured (gateway.officers_file)")
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer "):
-            raise HTTPException(
-                401,
-                "missing Authorization: Bearer <officer token>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        digest = hashlib.sha256(given.removeprefix("Bearer ").encode()).hexdigest()
-        for name, known in officers.items():
+    def __init__(
+        self,
+        bus: EventBus,
+        officers: dict[str, str],
+        role: OfficerRole,
+        producer: Producer,
+        needed: int,
+    ) -> None:
+        """`officers`: name -> sha256 of their token (load_officers); `role`: the identity port."""
+        self.bus = bus
+        self.officers = officers
+        self.role = role
+        self.producer = producer
+        self.needed = max(1, needed)
+        self._roles: dict[str, tuple[bool, float]] = {}
+
+    def officer_of(self, token: str) -> str:
+        """The officer whose token this is; ReviewRefused(401) for any other text."""
+        if not self.officers:
+            raise ReviewRefused(404, "no security officers are configured (gateway.officers_file)")
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for name, known in self.officers.items():
+            # Every entry is compared, in constant time: timing says nothing about the token.
             if hmac.compare_digest(digest, known):
-                return name
-        raise HTTPException(
-            401, "not a security officer's token", headers={"WWW-Authenticate": "Bearer"}
-        )
+                found = name
+        if found is None:
+            raise ReviewRefused(401, "not a security officer's token")
+        return found
 
-    async def events_of(run_id: str) -> list[Event]:
+    async def confirm_role(self, name: str) -> None:
+        """ReviewRefused(403) unless the identity source says `name` is an officer now."""
+        cached = self._roles.get(name)
+        if cached is None or time.monotonic() - cached[1] > ROLE_CACHE_S:
+            try:
+                holds = await asyncio.to_thread(self.role.is_officer, name)
+            except IdentityError as exc:  # its text names no secret (the port's contract)
+                raise ReviewRefused(
+                    503, f"the identity source cannot confirm the officer role now: {exc}"
+                ) from None
+            cached = (holds, time.monotonic())
+            self._roles[name] = cached
+        if not cached[0]:
+            raise ReviewRefused(
+                403,
+                f"{name} is not in the security officers' group (identity.officer_group); "
+                "ask the administrator",
+            )
+
+    async def authenticate(self, token: str) -> str:
+        """The officer a token belongs to, if they hold the role now."""
+        name = self.officer_of(token)
+        await self.confirm_role(name)
+        return name
+
+    async def run(self, run_id: str) -> list[StoredEvent]:
+        """A run's stored events; ReviewRefused(404) for a run that is not one or has none."""
         try:
             parse_run_id(run_id)
         except ValueError:
-            raise HTTPException(404, "no such run") from None
-        events = [s.event for s in await bus.read_run(run_id)]
-        if not events:
-            raise HTTPException(404, "no such run")
-        return events
+            raise ReviewRefused(404, "no such run") from None
+        stored = await self.bus.read_run(run_id)
+        if not stored:
+            raise ReviewRefused(404, "no such run")
+        return stored
 
-    @app.get("/reviews")
-    async def pending(_officer: str = Depends(officer)) -> JSONResponse:
+    async def queue(self) -> list[dict[str, Any]]:
         """Runs with files held by the airlock and not yet decided, oldest first."""
         runs = []
         seen: set[str] = set()
-        async for stored in bus.read("secd.run.*.outputs_held"):
+        async for stored in self.bus.read("secd.run.*.outputs_held"):
             run_id = stored.event.run_id
             if run_id in seen:
                 continue
             seen.add(run_id)
-            state = review_state([s.event for s in await bus.read_run(run_id)])
+            events = [s.event for s in await self.bus.read_run(run_id)]
+            state = review_state(events, viewer="", needed=self.needed)
             waiting = [f for f in state["files"] if f["state"] == "held"]
             if waiting:
                 runs.append(
@@ -161,14 +250,106 @@ def add_review_api(
                         "project": state["project"],
                         "held": len(waiting),
                         "verdict": state["verdict"],
+                        "time": events[0].time.isoformat(),
                     }
                 )
-        return JSONResponse({"runs": runs})
+        return runs
+
+    async def show(self, run_id: str, viewer: str) -> dict[str, Any]:
+        """One run's airlock state as `viewer` may see it."""
+        events = [s.event for s in await self.run(run_id)]
+        state = review_state(events, viewer=viewer, needed=self.needed)
+        state["own_run"] = viewer == state["researcher"]
+        return state
+
+    async def vote(
+        self, run_id: str, sha256: str, officer: str, decision: str, reason: str
+    ) -> ReviewRecorded:
+        """Record `officer`'s decision on one held file as `review.recorded`, or ReviewRefused
+        saying why not (not held, decided already, their own run, voted already, no reason)."""
+        if decision not in ("approve", "reject"):
+            raise ReviewRefused(422, "decision must be 'approve' or 'reject'")
+        reason = " ".join(reason.split())
+        if len(reason) > MAX_REASON:
+            raise ReviewRefused(422, f"reason: at most {MAX_REASON} characters")
+        if not _SHA256.fullmatch(sha256):
+            raise ReviewRefused(404, "no such held file")
+        stored = await self.run(run_id)
+        events = [s.event for s in stored]
+        state = review_state(events, viewer=officer, needed=self.needed)
+        item = next((f for f in state["files"] if f["sha256"] == sha256), None)
+        if item is None:
+            raise ReviewRefused(404, "no such held file in this run")
+        if item["state"] != "held":
+            raise ReviewRefused(409, f"the file is {item['state']} already")
+        if officer == state["researcher"]:
+            raise ReviewRefused(403, "an officer cannot review their own run's outputs")
+        if item["your_vote"] is not None:
+            raise ReviewRefused(409, "you have decided on this file already")
+        if decision == "reject" and not reason:
+            raise ReviewRefused(422, "a rejection needs a reason the researcher can act on")
+        if item["route"] == "override" and decision == "approve" and not reason:
+            raise ReviewRefused(422, "the checks blocked this file: overriding them needs a reason")
+        payload = ReviewRecorded(
+            officer=officer,
+            sha256=sha256,
+            # The same word, as the Literal the event holds (checked at the top).
+            decision="approve" if decision == "approve" else "reject",
+            reason=reason,
+        )
+        # Chained to the outputs.held that held the file, like every event to its cause.
+        cause = next(
+            s
+            for s in stored
+            if isinstance(s.event.payload, OutputsHeld)
+            and any(f.sha256 == sha256 for f in s.event.payload.files)
+        )
+        event = new_event(
+            payload,
+            run_id=run_id,
+            producer=self.producer,
+            actor=officer,
+            project=events[0].project,
+            cause=cause.event,
+            cause_data=cause.data,
+        )
+        await self.bus.publish(event, msg_id=f"{run_id}.review.{officer}.{sha256}")
+        return payload
+
+
+def add_review_api(app: FastAPI, desk: ReviewDesk, limit: int) -> None:
+    """GET /reviews, GET /reviews/{run}, POST /reviews/{run}/{sha256}: officers only."""
+
+    async def officer(request: Request) -> str:
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer "):
+            if not desk.officers:
+                raise HTTPException(
+                    404, "no security officers are configured (gateway.officers_file)"
+                )
+            raise HTTPException(
+                401,
+                "missing Authorization: Bearer <officer token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            return await desk.authenticate(given.removeprefix("Bearer "))
+        except ReviewRefused as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            raise HTTPException(exc.status, exc.detail, headers=headers) from None
+
+    @app.get("/reviews")
+    async def pending(_officer: str = Depends(officer)) -> JSONResponse:
+        """Runs with files held by the airlock and not yet decided, oldest first."""
+        return JSONResponse({"runs": await desk.queue()})
 
     @app.get("/reviews/{run_id}")
-    async def show(run_id: str, _officer: str = Depends(officer)) -> JSONResponse:
-        """What the airlock found in one run's outputs, and every vote so far."""
-        return JSONResponse(review_state(await events_of(run_id)))
+    async def show(run_id: str, name: str = Depends(officer)) -> JSONResponse:
+        """What the airlock found in one run's outputs; approval counts and your own votes."""
+        try:
+            return JSONResponse(await desk.show(run_id, name))
+        except ReviewRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
 
     @app.post("/reviews/{run_id}/{sha256}", status_code=202)
     async def decide(
@@ -180,34 +361,10 @@ def add_review_api(
             body = msgspec.json.decode(await read_body(request, limit), type=Decision)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise HTTPException(422, f"body: {exc}; send {{decision, reason}}") from None
-        if body.decision not in ("approve", "reject"):
-            raise HTTPException(422, "decision must be 'approve' or 'reject'")
-        reason = " ".join(body.reason.split())
-        if len(reason) > MAX_REASON:
-            raise HTTPException(422, f"reason: at most {MAX_REASON} characters")
-        if not _SHA256.fullmatch(sha256):
-            raise HTTPException(404, "no such held file")
-        events = await events_of(run_id)
-        state = review_state(events)
-        item = next((f for f in state["files"] if f["sha256"] == sha256), None)
-        if item is None:
-            raise HTTPException(404, "no such held file in this run")
-        if item["state"] != "held":
-            raise HTTPException(409, f"the file is {item['state']} already")
-        if name == state["researcher"]:
-            raise HTTPException(403, "an officer cannot review their own run's outputs")
-        if any(v["officer"] == name for v in item["votes"]):
-            raise HTTPException(409, "you have decided on this file already")
-        if body.decision == "reject" and not reason:
-            raise HTTPException(422, "a rejection needs a reason the researcher can act on")
-        if item["route"] == "override" and body.decision == "approve" and not reason:
-            raise HTTPException(422, "the checks blocked this file: overriding them needs a reason")
-        payload = ReviewRecorded(officer=name, sha256=sha256, decision=body.decision, reason=reason)
-        first = events[0]
-        event = new_event(
-            payload, run_id=run_id, producer=producer, actor=name, project=first.project
-        )
-        await bus.publish(event, msg_id=f"{run_id}.review.{name}.{sha256}")
+        try:
+            await desk.vote(run_id, sha256, name, body.decision, body.reason)
+        except ReviewRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
         return JSONResponse(
             {"recorded": body.decision, "officer": name, "sha256": sha256}, status_code=202
         )
