@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from secd_credentials.accounts import ACCOUNT_PREFIX, account_name, new_password
@@ -23,15 +23,18 @@ from secd_shared.config import Config, ConfigError
 from secd_shared.durations import hours_to_s
 from secd_shared.events import (
     TERMINAL_TYPES,
+    AnyPayload,
     BuildSucceeded,
     CredentialsIssued,
     CredentialsRevoked,
     CredentialsRevokeFailed,
+    Event,
+    Refusal,
     new_event,
 )
 from secd_shared.runid import parse_run_id, run_created_at
 from secd_shared.sealing import seal
-from secd_shared.service import producer_for
+from secd_shared.service import Handlers, producer_for
 from secd_shared.worker import PermanentError, TransientError, skips_if
 
 __all__ = ["Credentials", "setup"]
@@ -154,7 +157,7 @@ class Credentials:
             raise TransientError(f"revoking {account} failed; the sweeper retries it") from None
         log.info("revoked %s", account, extra={"run_id": cause.event.run_id})
 
-    def _event(self, payload, cause: StoredEvent):
+    def _event(self, payload: AnyPayload, cause: StoredEvent) -> Event:
         return new_event(
             payload,
             run_id=cause.event.run_id,
@@ -183,10 +186,11 @@ class Credentials:
                 run_id = account.removeprefix(ACCOUNT_PREFIX)
                 run = await self.bus.read_run(run_id)
                 issued = _first(run, "credentials.issued")
-                if issued is not None and issued.event.payload.database != name:
+                lease = issued.event.payload if issued is not None else None
+                if isinstance(lease, CredentialsIssued) and lease.database != name:
                     continue
                 ended = next((s for s in run if s.event.type in TERMINAL_TYPES), None)
-                expired = issued is not None and issued.event.payload.expires_at <= now
+                expired = isinstance(lease, CredentialsIssued) and lease.expires_at <= now
                 # Issued but not yet in the log is normal for a few milliseconds; only an
                 # account older than any possible run is an orphan.
                 orphan = issued is None and _run_age_s(run_id, now) > self.orphan_after_s
@@ -203,6 +207,7 @@ class Credentials:
                     continue
                 revoked.append(account)
                 if issued is not None and _first(run, "credentials.revoked") is None:
+                    assert cause is not None  # `issued` is one of its choices
                     done = CredentialsRevoked(account=account, backend=backend.kind)
                     await self.bus.publish(self._event(done, cause))
                 log.warning(
@@ -240,13 +245,13 @@ def _run_age_s(run_id: str, now: datetime) -> float:
         return float("inf")
 
 
-def _refusals(refused) -> str:
+def _refusals(refused: Sequence[Refusal]) -> str:
     if not refused:
         return ""
     return " (" + "; ".join(f"{r.name}: {r.reason}" for r in refused[:5]) + ")"
 
 
-async def setup(config: Config, bus: EventBus):
+async def setup(config: Config, bus: EventBus) -> tuple[Handlers, Callable[[], Awaitable[None]]]:
     """Two consumers (issue before the run, revoke after it) and the sweeper beside them."""
     if not config.credentials.executor_public_key:
         raise SystemExit("secd-credentials: credentials.executor_public_key is required")

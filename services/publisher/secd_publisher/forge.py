@@ -19,6 +19,7 @@ from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge import repository_path
 from secd_shared.git import Repository
+from secd_shared.safepath import Beneath
 
 from .branch import PublishError, extend_branch, publish_branch
 from .forge_port import STATES, CommitStatus, ForgeUnavailable, ResultsForge
@@ -45,12 +46,26 @@ class EmbeddedResults:
         self.root = config.path(config.forge.root)
         self.author = (config.publisher.author_name, config.publisher.author_email)
 
-    def publish(self, push, branch, files, message, author) -> str:
+    def publish(
+        self,
+        push: PushReceived,
+        branch: str,
+        files: dict[str, Path | Beneath | bytes],
+        message: str,
+        author: tuple[str, str],
+    ) -> str:
         """Write the branch with git plumbing into the bare repository."""
         repo = repository_path(self.root, push.repository)
         return publish_branch(repo, branch, push.after, files, message, author=author)
 
-    def extend(self, push, branch, files, message, author) -> str:
+    def extend(
+        self,
+        push: PushReceived,
+        branch: str,
+        files: dict[str, Path | Beneath | bytes],
+        message: str,
+        author: tuple[str, str],
+    ) -> str:
         """Add a commit to the results branch in the bare repository."""
         repo = repository_path(self.root, push.repository)
         with _locked(repo, "secd-results.lock"):

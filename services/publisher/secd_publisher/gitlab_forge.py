@@ -10,16 +10,19 @@ repeated, which is what a redelivered event does, so that answer is not an error
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gitlab
 import gitlab.exceptions
 import requests
+from gitlab.v4.objects import ProjectCommit
 
 from secd_shared.config import Config
 from secd_shared.events import PushReceived
 from secd_shared.forge_git import ForgeGitError, GitMirrors
 from secd_shared.git import Repository
 from secd_shared.gitlab_client import gitlab_client, gitlab_token
+from secd_shared.safepath import Beneath
 
 from .branch import PublishError, extend_branch, publish_branch
 from .forge_port import CommitStatus, ForgeUnavailable
@@ -55,7 +58,14 @@ class GitLabResults:
         )
         return cls(client, mirrors, settings.status_name)
 
-    def publish(self, push, branch, files, message, author) -> str:
+    def publish(
+        self,
+        push: PushReceived,
+        branch: str,
+        files: dict[str, Path | Beneath | bytes],
+        message: str,
+        author: tuple[str, str],
+    ) -> str:
         """Push branch `branch` (made on the pushed head) to the project, once."""
         try:
             existing = self.mirrors.remote_branch(push.repository, branch)
@@ -75,7 +85,14 @@ class GitLabResults:
         except ForgeGitError as exc:
             raise ForgeUnavailable(str(exc)) from None
 
-    def extend(self, push, branch, files, message, author) -> str:
+    def extend(
+        self,
+        push: PushReceived,
+        branch: str,
+        files: dict[str, Path | Beneath | bytes],
+        message: str,
+        author: tuple[str, str],
+    ) -> str:
         """Push a child of the results branch's head with `files` added (a fast-forward)."""
         try:
             head = self.mirrors.remote_branch(push.repository, branch)
@@ -92,7 +109,7 @@ class GitLabResults:
         except ForgeGitError as exc:
             raise ForgeUnavailable(str(exc)) from None
 
-    def _commit(self, push: PushReceived):
+    def _commit(self, push: PushReceived) -> ProjectCommit:
         project = self.client.projects.get(push.forge_project_id or push.repository, lazy=True)
         return project.commits.get(push.after, lazy=True)
 

@@ -24,15 +24,20 @@ from secd_shared.artifacts import ArtifactError, ArtifactStore, artifact_store
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
 from secd_shared.events import (
+    AnyPayload,
+    Event,
+    HeldFile,
     OutputsChecked,
     OutputsHeld,
     OutputsReleased,
     PushReceived,
     ResultsPublished,
+    RunFailed,
 )
 from secd_shared.forge import ForgeError
 from secd_shared.runs import RunView, fold_run
 from secd_shared.safepath import Beneath
+from secd_shared.service import Handlers
 from secd_shared.tail import log_tail
 from secd_shared.worker import PermanentError, TransientError
 
@@ -64,7 +69,7 @@ class Publisher:
         """Publish the outcome of one run, or add files officers released to its branch."""
         event = stored.event
         payload = event.payload
-        if event.type == "run.failed" and (payload.outputs or payload.log):
+        if isinstance(payload, RunFailed) and (payload.outputs or payload.log):
             return []  # the job ran: its outputs and log leave through the airlock only
         run = await self.bus.read_run(event.run_id)
         events = [s.event for s in run]
@@ -87,7 +92,7 @@ class Publisher:
         await asyncio.to_thread(shutil.rmtree, work, True)
         try:
             released, log_path = await self._fetch(payload, work)
-            if later:
+            if later and isinstance(payload, OutputsReleased):
                 await asyncio.to_thread(self._extend, push, view, released, payload.by)
                 return []
             return [await asyncio.to_thread(self._publish, push, view, events, released, log_path)]
@@ -103,7 +108,7 @@ class Publisher:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 
-    async def _fetch(self, payload, work: Path) -> tuple[dict[str, Path], Path | None]:
+    async def _fetch(self, payload: AnyPayload, work: Path) -> tuple[dict[str, Path], Path | None]:
         """The released files and the checked log, from the store into this service's folder."""
         released: dict[str, Path] = {}
         log_path = None
@@ -131,7 +136,7 @@ class Publisher:
         self,
         push: PushReceived,
         view: RunView,
-        events: list,
+        events: list[Event],
         released: dict[str, Path],
         log_path: Path | None,
     ) -> ResultsPublished:
@@ -181,7 +186,7 @@ class Publisher:
         )
 
 
-def _summary(view: RunView, held: list, undeclared: int) -> str:
+def _summary(view: RunView, held: list[HeldFile], undeclared: int) -> str:
     lines = [f"# secd run {view.run_id}: {view.outcome}", ""]
     if view.reason:
         lines += [f"**Why:** {view.reason}", ""]
@@ -212,7 +217,7 @@ def _summary(view: RunView, held: list, undeclared: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def setup(config: Config, bus: EventBus):
+async def setup(config: Config, bus: EventBus) -> Handlers:
     """Two consumers: results at a run's end, the forge's commit status at every stage."""
     try:
         forge = make_results_forge(config)

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Mapping
 
 from secd_shared.bus import EventBus, StoredEvent
-from secd_shared.events import TERMINAL_TYPES, Event, PushReceived
+from secd_shared.events import TERMINAL_TYPES, AnyPayload, Event, PushReceived
 from secd_shared.pushes import UnknownPusher, researcher_of
 from secd_shared.runs import fold_run
 from secd_shared.worker import TransientError
@@ -93,7 +93,7 @@ class StatusReporter:
         # The last status written per run (bounded): an unchanged one is not sent again.
         self._written: dict[str, CommitStatus] = {}
 
-    async def on_event(self, stored: StoredEvent) -> list:
+    async def on_event(self, stored: StoredEvent) -> list[AnyPayload]:
         """Set the status the run has reached; publishes nothing."""
         run_id = stored.event.run_id
         async with self._locks[zlib.crc32(run_id.encode()) % len(self._locks)]:

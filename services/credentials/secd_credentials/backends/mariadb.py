@@ -78,7 +78,7 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-class _QuietCursor(aiomysql.Cursor):
+class _QuietCursor(aiomysql.Cursor):  # type: ignore[misc]  # aiomysql has no type hints
     """A cursor that logs server warnings instead of raising Python warnings for them."""
 
     async def _show_warnings(self, conn: aiomysql.Connection) -> None:
