@@ -26,6 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from secd_builder.environment import BuildError, check_requirements
 from secd_builder.port import BuildRequest, Built
@@ -205,7 +206,9 @@ class BuildKitBuilder:
             "plain",
         ]
 
-    def dockerfile_manifest(self, request: BuildRequest, dockerfile: str, owner: dict) -> dict:
+    def dockerfile_manifest(
+        self, request: BuildRequest, dockerfile: str, owner: dict[str, Any]
+    ) -> dict[str, Any]:
         """The generated Dockerfile as a ConfigMap the Job mounts."""
         name = f"{self.job_name(request.run_id)}-dockerfile"
         return {
@@ -221,18 +224,18 @@ class BuildKitBuilder:
             "data": {"Dockerfile": dockerfile},
         }
 
-    def job_manifest(self, request: BuildRequest, generated: bool) -> dict:
+    def job_manifest(self, request: BuildRequest, generated: bool) -> dict[str, Any]:
         """The build Job: fetch the commit, then rootless BuildKit, then print the digest."""
         if not _COMMIT.fullmatch(request.commit):
             raise BuildError(f"commit {request.commit!r} is not a full commit id")
         name = self.job_name(request.run_id)
         user = {"runAsUser": BUILDKIT_UID, "runAsGroup": BUILDKIT_UID}
-        fetch_mounts = [{"name": "workspace", "mountPath": "/workspace"}]
+        fetch_mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": "/workspace"}]
         build_mounts = [
             {"name": "workspace", "mountPath": "/workspace", "readOnly": True},
             {"name": "buildkitd", "mountPath": "/home/user/.local/share/buildkit"},
         ]
-        volumes: list[dict] = [
+        volumes: list[dict[str, Any]] = [
             {"name": "workspace", "emptyDir": {}},
             {"name": "buildkitd", "emptyDir": {}},
         ]
@@ -347,7 +350,7 @@ class BuildKitBuilder:
         }
 
     # ---- the build ------------------------------------------------------------------------
-    def _create_or_get(self, body: dict) -> dict:
+    def _create_or_get(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return self.kube.create(body)
         except Conflict:
@@ -416,7 +419,7 @@ class BuildKitBuilder:
             seconds=time.monotonic() - began,
         )
 
-    def _wait(self, request: BuildRequest):
+    def _wait(self, request: BuildRequest) -> JobState | _Failed:
         deadline = time.monotonic() + self.timeout_s + 120
         name = self.job_name(request.run_id)
         while True:
@@ -459,7 +462,7 @@ class _Failed:
     deadline_exceeded: bool = False
 
 
-def _fetch_failure(pods: list[dict]) -> str | None:
+def _fetch_failure(pods: list[dict[str, Any]]) -> str | None:
     """Why the init container that fetches the commit failed, if it did."""
     for pod in pods:
         for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
@@ -484,7 +487,7 @@ def _digest_from(log_path: Path) -> str:
                 metadata = json.loads(line[len(METADATA_MARKER) + 1 :])
             except ValueError:
                 break
-            digest = metadata.get("containerimage.digest", "")
+            digest: str = metadata.get("containerimage.digest", "")
             if _DIGEST.fullmatch(digest):
                 return digest
             break

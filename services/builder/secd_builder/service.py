@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from secd_builder.port import BuildError, BuildRequest, EnvironmentBuilder
@@ -21,6 +22,7 @@ from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, read_secret
 from secd_shared.events import BuildSucceeded, PushVerified, RunPlan
 from secd_shared.forge import ForgeError, repository_path
+from secd_shared.service import Handlers
 from secd_shared.worker import PermanentError
 
 __all__ = ["Builder", "make_builder", "setup"]
@@ -141,7 +143,7 @@ class Builder:
             os.close(fd)
 
 
-async def setup(config: Config, bus: EventBus):
+async def setup(config: Config, bus: EventBus) -> tuple[Handlers, Callable[[], Awaitable[None]]]:
     """The builder's one consumer, on the configured builder."""
     store = artifact_store(config, bus.js if bus is not None else None)
     builder = make_builder(config, store)

@@ -12,7 +12,9 @@ import asyncio
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from secd_builder.environment import Environment, ensure_environment
 from secd_builder.port import BuildRequest, Built
@@ -84,7 +86,7 @@ class VenvBuilder:
         """The tree of the commit as an archive artifact."""
         return await self._store_archive(lambda out: write_archive(git_dir, commit, out))
 
-    async def _store_archive(self, write) -> str:
+    async def _store_archive(self, write: Callable[[IO[bytes]], object]) -> str:
         """Write an archive to a private temporary file, store it, return its digest."""
         fd, name = tempfile.mkstemp(prefix="secd-archive-", dir=self.envs_dir)
         try:

@@ -81,7 +81,7 @@ class RunProjection:
         self._asked = 0
         self._covered = 0
         self._loaded = asyncio.Event()
-        self._loader: asyncio.Task | None = None
+        self._loader: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         """How many runs the view holds."""

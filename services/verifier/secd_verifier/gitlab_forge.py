@@ -146,6 +146,9 @@ class GitLabSource:
                 raise _unavailable(f"for the signature of {short}", exc) from None
             except (gitlab.exceptions.GitlabError, requests.RequestException) as exc:
                 raise _unavailable(f"for the signature of {short}", exc) from None
+            # python-gitlab hands back a Response instead of the parsed JSON only for a streamed
+            # request or a non-JSON answer, which this API call never gets.
+            assert isinstance(answer, dict)
             status = str(answer.get("verification_status", "unknown"))
             if status != "verified":
                 return (

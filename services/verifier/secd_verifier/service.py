@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
 from secd_shared.events import PushReceived, PushVerified, RunRejected
 from secd_shared.forge import ForgeError
+from secd_shared.service import Handlers
 from secd_shared.worker import Emit, TransientError
 from secd_verifier.commits import commits_to_verify
 from secd_verifier.forge import ForgeUnavailable, PushSource, UnknownPusher, make_source
@@ -24,6 +26,14 @@ from secd_verifier.verified import VerifiedCommits
 __all__ = ["Verifier", "setup"]
 
 log = logging.getLogger("secd.verifier")
+
+
+class _Reject(Protocol):
+    """on_push's `reject`: the run.rejected to emit for a push it cannot take."""
+
+    def __call__(
+        self, reason: str, commit: str | None = None, *, unknown_pusher: bool = False
+    ) -> list[Emit]: ...
 
 
 class Verifier:
@@ -77,7 +87,7 @@ class Verifier:
             return reject(str(exc), unknown_pusher=True)
         return await asyncio.to_thread(self._verify, push, researcher, reject)
 
-    def _verify(self, push: PushReceived, researcher: str, reject) -> list[Emit]:
+    def _verify(self, push: PushReceived, researcher: str, reject: _Reject) -> list[Emit]:
         try:
             repo = self.source.mirror(push)
         except ForgeError as exc:
@@ -120,7 +130,7 @@ class Verifier:
         ]
 
 
-async def setup(config: Config, _bus: EventBus):
+async def setup(config: Config, _bus: EventBus) -> Handlers:
     """The verifier's one consumer."""
     try:
         verifier = Verifier(config)

@@ -61,7 +61,11 @@ def key_id_of(key: pgpy.PGPKey) -> str:
     return str(key.fingerprint).replace(" ", "").upper()[-16:]
 
 
-def _valid(key: pgpy.PGPKey, signature: pgpy.PGPSignature, subject) -> bool:
+def _valid(
+    key: pgpy.PGPKey,
+    signature: pgpy.PGPSignature,
+    subject: pgpy.PGPKey | pgpy.PGPUID | bytes,
+) -> bool:
     """The signature's mathematics only, with no policy (pgpy's policy is what we replace)."""
     try:
         with warnings.catch_warnings():
@@ -77,7 +81,7 @@ def _day(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _flags(flags: set) -> str:
+def _flags(flags: set[KeyFlags]) -> str:
     names = [name for flag, name in _FLAG_NAMES.items() if flag in flags]
     return ", ".join(names) or "none"
 
@@ -149,7 +153,8 @@ def _expiry(key: pgpy.PGPKey, sig: pgpy.PGPSignature) -> datetime | None:
     lifetime = sig.key_expiration
     if lifetime is None or lifetime == timedelta(0):
         return None
-    return key.created + lifetime
+    expires: datetime = key.created + lifetime
+    return expires
 
 
 def verify_strictly(
