@@ -1,6 +1,7 @@
-"""Encodings: base64, base64url and hex runs inside any text, decoded, and gzip, zlib, bz2, xz
-and zip payloads opened, recursively up to `decode_depth`; what decodes to text is scanned again
-like any output. A long high-entropy run that decodes to nothing readable is held as well."""
+"""Encodings: base64, base64url, base32, base85 and hex runs inside any text, decoded, and
+gzip, zlib, bz2, xz and zip payloads opened, recursively up to `decode_depth`; what decodes to
+text is scanned again like any output. A long high-entropy run that decodes to nothing readable
+is held as well."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from .base import Finding, Rules, count_words
 
 NAME = "encoding"
-VERSION = 1
+VERSION = 2  # 2: base32 and base85
 
 _RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
 # base64 wrapped over lines (base64(1), MIME): lines of the alphabet only, joined.
@@ -27,6 +28,9 @@ _WRAPPED = re.compile(
     r"(?m)^[A-Za-z0-9+/]{40,}={0,2}[ \t]*(?:\r?\n[A-Za-z0-9+/]{4,}={0,2}[ \t]*$)+"
 )
 _HEX = re.compile(r"[0-9a-fA-F]+")
+_BASE32 = re.compile(r"[A-Z2-7]+")
+# base85 (RFC 1924, Python's b85encode, git's binary patches): its punctuation breaks _RUN's runs.
+_RUN85 = re.compile(r"[0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]{40,}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ def _decode_run(run: str) -> list[tuple[str, bytes]]:
     bare = run.rstrip("=")
     if len(run) % 2 == 0 and _HEX.fullmatch(run):
         readings.append(("hex", binascii.unhexlify(run)))
+    if _BASE32.fullmatch(bare) and len(bare) % 8 in (0, 2, 4, 5, 7):
+        try:
+            readings.append(("base32", base64.b32decode(bare + "=" * (-len(bare) % 8))))
+        except (binascii.Error, ValueError):
+            pass
     padded = bare + "=" * (-len(bare) % 4)
     if len(bare) % 4 != 1:
         if "-" not in bare and "_" not in bare:
@@ -91,6 +100,14 @@ def _decode_run(run: str) -> list[tuple[str, bytes]]:
             except (binascii.Error, ValueError):
                 pass
     return readings
+
+
+def _decode_85(run: str) -> list[tuple[str, bytes]]:
+    """A run read as base85, when it is valid base85."""
+    try:
+        return [("base85", base64.b85decode(run))]
+    except ValueError:
+        return []
 
 
 def _unpack(data: bytes, limit: int) -> list[tuple[str, bytes]]:
@@ -143,11 +160,14 @@ def find_encoded(text: str, rules: Rules, depth: int = 1) -> tuple[list[Decoded]
     runs = dict.fromkeys(m.group() for m in _RUN.finditer(text))
     # Joined wrapped lines may take in a following word: they are decoded, never held as opaque.
     wrapped = {re.sub(r"\s+", "", m.group()) for m in _WRAPPED.finditer(text)} - set(runs)
-    for run in [*runs, *wrapped]:
+    # base85 runs are only decoded (their alphabet is too wide to call a run opaque).
+    runs85 = {m.group() for m in _RUN85.finditer(text)} - set(runs)
+    for run in [*runs, *wrapped, *runs85]:
         if len(run) < rules.encoded_min_chars:
             continue
         found = []
-        for how, data in _decode_run(run):
+        readings = _decode_85(run) if run in runs85 else _decode_run(run)
+        for how, data in readings:
             found = open_payload(data, (how,), rules, depth, len(run))
             if found:
                 break
@@ -158,7 +178,7 @@ def find_encoded(text: str, rules: Rules, depth: int = 1) -> tuple[list[Decoded]
                     inner, inner_opaque = find_encoded(item.text, rules, depth + 1)
                     decoded.extend(inner)
                     opaque.extend(inner_opaque)
-        elif len(run) >= rules.entropy_min_chars and run not in wrapped:
+        elif len(run) >= rules.entropy_min_chars and run not in wrapped and run not in runs85:
             is_hex = bool(_HEX.fullmatch(run))
             bits = entropy(run)
             if bits >= (rules.entropy_hex_bits if is_hex else rules.entropy_base64_bits):
@@ -187,14 +207,14 @@ def check_encodings(decoded: list[Decoded], opaque: list[Opaque], where: str = "
         findings.append(
             Finding(NAME, VERSION, "review", f"{len(decoded) - 10} more encoded runs{suffix}")
         )
-    for item in opaque[:10]:
+    for blob in opaque[:10]:
         findings.append(
             Finding(
                 NAME,
                 VERSION,
                 "review",
-                f"a {item.chars:,}-character {item.alphabet}-like string with "
-                f"{item.bits_per_char:.1f} bits of entropy per character decodes to nothing "
+                f"a {blob.chars:,}-character {blob.alphabet}-like string with "
+                f"{blob.bits_per_char:.1f} bits of entropy per character decodes to nothing "
                 f"readable{suffix}",
             )
         )
