@@ -256,14 +256,20 @@ class NatsArtifacts:
     against what the object's own metadata claims.
     """
 
-    def __init__(self, js: JetStreamContext, bucket: str = ARTIFACT_BUCKET) -> None:
+    def __init__(self, js: JetStreamContext | None, bucket: str = ARTIFACT_BUCKET) -> None:
+        # None only for a service set up without a bus (tests), which never reads or writes.
         self.js = js
         self.bucket = bucket
         self._store: ObjectStore | None = None
 
+    def _jetstream(self) -> JetStreamContext:
+        if self.js is None:
+            raise RuntimeError("this artifact store was made without a bus; it cannot be used")
+        return self.js
+
     async def _bucket(self) -> ObjectStore:
         if self._store is None:
-            self._store = await self.js.object_store(self.bucket)
+            self._store = await self._jetstream().object_store(self.bucket)
         return self._store
 
     @staticmethod
@@ -354,7 +360,9 @@ class NatsArtifacts:
         if info.size == 0:
             return data
         subject = f"$O.{self.bucket}.C.{info.nuid}"
-        sub = await self.js.subscribe(subject, stream=f"OBJ_{self.bucket}", ordered_consumer=True)
+        sub = await self._jetstream().subscribe(
+            subject, stream=f"OBJ_{self.bucket}", ordered_consumer=True
+        )
         try:
             while True:
                 try:
@@ -375,11 +383,9 @@ class NatsArtifacts:
 
 
 def artifact_store(config: Config, js: JetStreamContext | None) -> ArtifactStore:
-    """The store `[artifacts]` names: the object store over `js`, or a folder (`js` may then be
-    None: a service set up without a bus)."""
+    """The store `[artifacts]` names: the object store over `js`, or a folder."""
     if config.artifacts.kind == "folder":
         return FolderArtifacts(config.path(config.artifacts.folder))
-    assert js is not None, "the object store needs the bus"
     return NatsArtifacts(js)
 
 

@@ -58,7 +58,7 @@ class _Run:
     cache_lock: int = -1
     outcome: RunOutcome | None = None
     disk_exceeded: bool = False
-    running: asyncio.Task | None = field(default=None, repr=False)
+    running: asyncio.Task[RunOutcome] | None = field(default=None, repr=False)
 
 
 class BwrapRuntime:
@@ -209,8 +209,9 @@ class BwrapRuntime:
             return run.outcome
         if run.running is None:
             run.running = asyncio.ensure_future(self._execute(request, run, on_start))
-        run.outcome = await asyncio.shield(run.running)
-        return run.outcome
+        outcome = await asyncio.shield(run.running)
+        run.outcome = outcome
+        return outcome
 
     async def _execute(
         self, request: RunRequest, run: _Run, on_start: Callable[[], Awaitable[None]]

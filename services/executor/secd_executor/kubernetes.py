@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from secd_executor.outputs import unpack_outputs
 from secd_executor.runtime import RunOutcome, RunRequest
@@ -77,7 +78,7 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _restricted_container() -> dict:
+def _restricted_container() -> dict[str, Any]:
     """The container-level half of the 'restricted' Pod Security Standard, and a bit more."""
     return {
         "allowPrivilegeEscalation": False,
@@ -98,7 +99,7 @@ class KubernetesExecutor:
         self.s = settings
         self.ns = settings.namespace
         self.max_runfor_h = max_runfor_h
-        self._reaper: asyncio.Task | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> KubernetesExecutor:
@@ -119,13 +120,17 @@ class KubernetesExecutor:
         """The researcher's cache PVC (one per researcher, kept across runs)."""
         return f"secd-cache-{dns_name(researcher)}"
 
-    def _meta(self, name: str, run_id: str, role: str, owner: dict | None = None) -> dict:
-        meta = {"name": name, "namespace": self.ns, "labels": _labels(run_id, role)}
+    def _meta(
+        self, name: str, run_id: str, role: str, owner: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": self.ns, "labels": _labels(run_id, role)}
         if owner is not None:
             meta["ownerReferences"] = [owner_reference(owner)]
         return meta
 
-    def job_manifest(self, request: RunRequest, host_aliases: list[dict]) -> dict:
+    def job_manifest(
+        self, request: RunRequest, host_aliases: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """The run's Job: suspended, restricted, limited, with no way to talk to the API."""
         name = self.job_name(request.run_id)
         run_limits = request.limits
@@ -155,7 +160,7 @@ class KubernetesExecutor:
             {"name": "output", "mountPath": OUTPUT_MOUNT},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
         ]
-        volumes: list[dict] = [
+        volumes: list[dict[str, Any]] = [
             {"name": "output", "persistentVolumeClaim": {"claimName": f"{name}-output"}},
             {"name": "tmp", "emptyDir": {"sizeLimit": str(request.limits.tmp)}},
         ]
@@ -169,7 +174,7 @@ class KubernetesExecutor:
                     "persistentVolumeClaim": {"claimName": self.cache_claim(request.researcher)},
                 }
             )
-        pod_security: dict = {
+        pod_security: dict[str, Any] = {
             "runAsNonRoot": True,
             "fsGroup": self.s.fs_group,
             "seccompProfile": {"type": "RuntimeDefault"},
@@ -179,7 +184,7 @@ class KubernetesExecutor:
         node_selector = dict(self.s.node_selector)
         if request.gpu > 0:
             node_selector |= self.s.gpu_node_selector
-        pod_spec: dict = {
+        pod_spec: dict[str, Any] = {
             "restartPolicy": "Never",
             "serviceAccountName": self.s.service_account,
             "automountServiceAccountToken": False,
@@ -228,7 +233,7 @@ class KubernetesExecutor:
             },
         }
 
-    def secret_manifest(self, request: RunRequest, owner: dict) -> dict:
+    def secret_manifest(self, request: RunRequest, owner: dict[str, Any]) -> dict[str, Any]:
         """The database password, readable by the Job's pod only through its env reference."""
         name = f"{self.job_name(request.run_id)}-db"
         return {
@@ -240,10 +245,10 @@ class KubernetesExecutor:
             "stringData": {"password": request.db_password},
         }
 
-    def output_claim_manifest(self, request: RunRequest, owner: dict) -> dict:
+    def output_claim_manifest(self, request: RunRequest, owner: dict[str, Any]) -> dict[str, Any]:
         """The run's output volume."""
         name = f"{self.job_name(request.run_id)}-output"
-        spec: dict = {
+        spec: dict[str, Any] = {
             "accessModes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": str(request.limits.disk)}},
         }
@@ -256,9 +261,9 @@ class KubernetesExecutor:
             "spec": spec,
         }
 
-    def cache_claim_manifest(self, request: RunRequest) -> dict:
+    def cache_claim_manifest(self, request: RunRequest) -> dict[str, Any]:
         """The researcher's cache volume: not owned by any run, so it outlives them."""
-        spec: dict = {
+        spec: dict[str, Any] = {
             "accessModes": [self.s.cache_access_mode],
             "resources": {"requests": {"storage": self.s.cache_size}},
         }
@@ -279,7 +284,9 @@ class KubernetesExecutor:
             "spec": spec,
         }
 
-    def network_policy_manifest(self, request: RunRequest, cidrs: list[str], owner: dict) -> dict:
+    def network_policy_manifest(
+        self, request: RunRequest, cidrs: list[str], owner: dict[str, Any]
+    ) -> dict[str, Any]:
         """No ingress at all; egress only to the database's address(es), on its port, over TCP."""
         return {
             "apiVersion": "networking.k8s.io/v1",
@@ -298,10 +305,10 @@ class KubernetesExecutor:
             },
         }
 
-    def collector_manifest(self, request: RunRequest, owner: dict) -> dict:
+    def collector_manifest(self, request: RunRequest, owner: dict[str, Any]) -> dict[str, Any]:
         """The trusted pod that reads the output volume (read-only) once the job has ended."""
         name = self.job_name(request.run_id)
-        security: dict = {
+        security: dict[str, Any] = {
             "runAsNonRoot": True,
             "fsGroup": self.s.fs_group,
             "seccompProfile": {"type": "RuntimeDefault"},
@@ -309,7 +316,7 @@ class KubernetesExecutor:
         # The collector reads as the job's own uid where it is known, else through the group.
         uid = self.s.fs_group if self.s.run_as_image_user else self.s.run_as_user
         security |= {"runAsUser": uid, "runAsGroup": self.s.fs_group}
-        spec: dict = {
+        spec: dict[str, Any] = {
             "restartPolicy": "Never",
             "serviceAccountName": self.s.service_account,
             "automountServiceAccountToken": False,
@@ -346,9 +353,10 @@ class KubernetesExecutor:
             "spec": spec,
         }
 
-    def database_route(self, request: RunRequest) -> tuple[list[str], list[dict]]:
+    def database_route(self, request: RunRequest) -> tuple[list[str], list[dict[str, Any]]]:
         """The CIDRs the run may reach, and host aliases so its DB_HOST needs no DNS."""
         configured = list(self.s.database_cidrs.get(request.database, []))
+        assert request.db_host is not None  # prepare refuses a run without a database host
         try:
             address = ipaddress.ip_address(request.db_host)
         except ValueError:
@@ -364,7 +372,7 @@ class KubernetesExecutor:
         return cidrs, [{"ip": ips[0], "hostnames": [request.db_host]}]
 
     # ---- ExecutorAPI ----------------------------------------------------------------------
-    def _create_or_get(self, body: dict) -> dict:
+    def _create_or_get(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return self.kube.create(body)
         except Conflict:
@@ -381,7 +389,7 @@ class KubernetesExecutor:
         if request.cache_dir:
             self._create_or_get(self.cache_claim_manifest(request))
 
-    def _check_owner(self, job: dict, request: RunRequest) -> None:
+    def _check_owner(self, job: dict[str, Any], request: RunRequest) -> None:
         labels = job["metadata"].get("labels") or {}
         if labels.get("secd.io/run") != request.run_id:
             raise PermanentError(
@@ -403,7 +411,7 @@ class KubernetesExecutor:
             )
         await asyncio.to_thread(self._prepare, request)
 
-    def _job_and_pods(self, run_id: str) -> tuple[dict, list[dict]]:
+    def _job_and_pods(self, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         job = self.kube.get("Job", self.ns, self.job_name(run_id))
         pods = self.kube.list("Pod", self.ns, f"secd.io/run={run_id},secd.io/role=job")
         return job, pods

@@ -25,6 +25,7 @@ import os
 import resource
 import stat
 import sys
+from typing import Any
 
 _CLONE_NEWNS = 0x00020000
 _MS_BIND = 4096
@@ -53,7 +54,7 @@ def _check(result: int, what: str) -> None:
         raise LaunchError(f"{what}: {os.strerror(err)}")
 
 
-def _open_source(bind: dict) -> int:
+def _open_source(bind: dict[str, Any]) -> int:
     """The bind's source, opened below its root without following a link."""
     parts = bind["relative"]
     if not parts:
@@ -82,7 +83,7 @@ def _open_source(bind: dict) -> int:
         raise
 
 
-def _bind(libc: ctypes.CDLL, bind: dict) -> None:
+def _bind(libc: ctypes.CDLL, bind: dict[str, Any]) -> None:
     fd = _open_source(bind)
     try:
         info = os.fstat(fd)
@@ -98,7 +99,7 @@ def _bind(libc: ctypes.CDLL, bind: dict) -> None:
         os.close(fd)
 
 
-def launch(plan: dict) -> None:
+def launch(plan: dict[str, Any]) -> None:
     """Everything up to (and including) the exec of bwrap; raises LaunchError."""
     libc = _libc()
     _check(libc.unshare(_CLONE_NEWNS), "unshare the mount namespace")

@@ -27,7 +27,7 @@ class LogShipper:
     def __init__(self, bus: EventBus, run_id: str, path: Path, *, interval_s: float = 0.2) -> None:
         self.bus, self.run_id, self.path, self.interval_s = bus, run_id, path, interval_s
         self.offset = path.stat().st_size if path.exists() else 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Begin following the file."""

@@ -49,7 +49,7 @@ class DiskWatch:
         self.max_interval = max_interval
         self.exceeded: str | None = None
         self.peak = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def usage(self) -> tuple[int, int, int]:
         """(bytes, entries, largest file) of the folders and the log now."""

@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from secd_executor.cgroups import Cgroups, RunCgroup, detect_cgroups
 from secd_executor.interpreter import interpreter, overlaps
@@ -245,7 +246,7 @@ class _Stage:
         self.root = tempfile.mkdtemp(prefix="secd-stage-", dir=_STAGE_PARENT)
         # Walkable but not listable: bwrap, as the sandbox uid, must reach the placeholders.
         os.chmod(self.root, 0o711)  # noqa: S103
-        self.binds: list[dict] = []
+        self.binds: list[dict[str, Any]] = []
         self._entries: list[tuple[str, bool]] = []
 
     def add(self, source: Source, what: str, *, expect: os.stat_result | None = None) -> str:
@@ -614,6 +615,7 @@ async def run_sandboxed(
                 await asyncio.to_thread(cgroup.kill)
             await watch.stop()
         duration = time.monotonic() - started
+        assert proc.returncode is not None  # waited for above
         exit_code = -signal.SIGKILL if timed_out else proc.returncode
         limit_hit, reason = _limit_reason(spec, cgroup, watch)
         log.info(
@@ -640,10 +642,10 @@ async def run_sandboxed(
                 with contextlib.suppress(OSError):
                     os.close(fd)
         if watch is not None:
-            for fd in [*watch.folders, watch.log_fd]:
-                if fd is not None:
+            for watched in [*watch.folders, watch.log_fd]:
+                if watched is not None:
                     with contextlib.suppress(OSError):
-                        os.close(fd)
+                        os.close(watched)
         writable.close()
         if cgroup is not None:
             await asyncio.to_thread(cgroup.remove)

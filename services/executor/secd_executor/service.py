@@ -7,10 +7,13 @@ kubernetes.py) or "stub" (runs nothing, stub.py). This module only wires them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from secd_executor.runtime import ExecutorAPI, RuntimeExecutor
 from secd_shared.artifacts import ArtifactStore, artifact_store
 from secd_shared.bus import EventBus
 from secd_shared.config import Config
+from secd_shared.service import Handlers
 
 __all__ = ["make_runtime", "setup"]
 
@@ -33,7 +36,7 @@ def make_runtime(config: Config, bus: EventBus, store: ArtifactStore) -> Executo
     return BwrapRuntime.from_config(config, bus, store)
 
 
-async def setup(config: Config, bus: EventBus):
+async def setup(config: Config, bus: EventBus) -> tuple[Handlers, Callable[[], Awaitable[None]]]:
     """The executor's one consumer, on the configured runtime."""
     store = artifact_store(config, bus.js if bus is not None else None)
     runtime = make_runtime(config, bus, store)

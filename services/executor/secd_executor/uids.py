@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class UidPool:
 
 
 @contextlib.contextmanager
-def held(lease: UidLease):
+def held(lease: UidLease) -> Iterator[UidLease]:
     """Release the lease when the block ends."""
     try:
         yield lease

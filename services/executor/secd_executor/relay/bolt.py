@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 from .base import REFUSAL, Connection, Dial, Refused, Stream, log, shown
 
@@ -102,7 +103,7 @@ class BoltProtocol:
         except (OSError, asyncio.IncompleteReadError):
             connection.abort()
 
-    def _check_auth(self, message: tuple) -> None:
+    def _check_auth(self, message: tuple[Any, ...]) -> None:
         """A HELLO or LOGON must log in with a password as the run's account."""
         auth = message[1] if len(message) > 1 and isinstance(message[1], dict) else {}
         principal = auth.get("principal")
@@ -111,7 +112,7 @@ class BoltProtocol:
             raise Refused(f"as {name}; only {self.account} may connect", failure())
         self._check_message(message)
 
-    def _check_message(self, message: tuple) -> None:
+    def _check_message(self, message: tuple[Any, ...]) -> None:
         """No message may act as another user (impersonation) or log in outside LOGON/HELLO."""
         for field in message[1:]:
             if isinstance(field, dict):
@@ -132,7 +133,7 @@ def plain_proposals(proposals: bytes) -> bytes | None:
     return bytes(out) if any(out) else None
 
 
-async def read_message(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, tuple]:
+async def read_message(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, tuple[Any, ...]]:
     """One Bolt message: its raw chunks and its decoded (signature, fields...); () for a NOOP."""
     raw = bytearray()
     data = bytearray()
@@ -161,7 +162,7 @@ async def read_message(reader: asyncio.StreamReader, limit: int) -> tuple[bytes,
 class _Struct:
     """A PackStream structure: a signature byte and its fields."""
 
-    def __init__(self, signature: int, fields: list) -> None:
+    def __init__(self, signature: int, fields: list[Any]) -> None:
         self.signature = signature
         self.fields = fields
 
@@ -221,7 +222,7 @@ def _packstream(data: bytes, pos: int, depth: int) -> tuple[object, int]:
             item, pos = _packstream(data, pos, depth + 1)
             items.append(item)
         return (_Struct(signature, items) if kind == "struct" else items), pos
-    mapping: dict = {}
+    mapping: dict[str, Any] = {}
     for _ in range(size):
         key, pos = _packstream(data, pos, depth + 1)
         item, pos = _packstream(data, pos, depth + 1)

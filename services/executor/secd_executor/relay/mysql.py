@@ -54,10 +54,10 @@ class MySQLProtocol:
             writer.write(packet(seq, greeting))
             await writer.drain()
             return None
-        greeting = strip_capabilities(greeting)
-        if greeting is None:
+        plain = strip_capabilities(greeting)
+        if plain is None:
             raise Refused("server greeting is not protocol 10")
-        writer.write(packet(seq, greeting))
+        writer.write(packet(seq, plain))
         await writer.drain()
         seq, response = await read_packet(reader, _MAX_RESPONSE)
         reply_seq = (seq + 1) & 0xFF
