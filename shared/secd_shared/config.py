@@ -341,6 +341,9 @@ class AirlockConfig(_Section, frozen=True):
     rules: dict[str, float] = msgspec.field(default_factory=dict)
     # Folder of the airlock's working copies (outputs being checked; removed after).
     work_dir: str = "airlock"
+    # Folder of every counts and table output each project had released, kept for the
+    # differencing check (secd_airlock.released); never served to anyone.
+    released_dir: str = "airlock/released"
     concurrency: int = 2
 
 

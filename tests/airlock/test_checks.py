@@ -23,7 +23,6 @@ from secd_airlock.checks import (
     sniff,
     worst,
 )
-from secd_airlock.checks.counts import check_counts
 from secd_airlock.checks.encodings import find_encoded
 from secd_airlock.checks.filetype import check_type
 from secd_airlock.checks.identifiers import (
@@ -32,6 +31,7 @@ from secd_airlock.checks.identifiers import (
     find_personnummer,
     find_phones,
 )
+from secd_airlock.checks.sdc import check_sdc
 from secd_airlock.checks.source import check_source
 from secd_airlock.checks.tables import check_table, identifier_like, parse_table
 from secd_airlock.checks.tokens import normalise_value, tokens
@@ -167,12 +167,12 @@ def test_encodings_recursive():
 
 
 def test_small_counts():
-    ok = parse_table("diagnosis,n\nAsthma,20\nCOPD,0\nMigraine,15\n", "csv")
+    ok = parse_table("diagnosis,n\nAsthma,20\nCOPD,10\nMigraine,15\n", "csv")
     small = parse_table("diagnosis,n\nAsthma,3\n", "csv")
     unrounded = parse_table("diagnosis,n\nAsthma,23\n", "csv")
-    assert check_counts(ok, RULES) == []
-    assert worst(check_counts(small, RULES)) == "review"
-    assert worst(check_counts(unrounded, RULES)) == "review"
+    assert check_sdc(ok, RULES, counts=True) == []
+    assert worst(check_sdc(small, RULES, counts=True)) == "review"
+    assert worst(check_sdc(unrounded, RULES, counts=True)) == "review"
 
 
 def test_check_line_and_redact_log():

@@ -20,6 +20,7 @@ from collections import OrderedDict
 import nats.errors
 
 from secd_airlock.checks import Rules, SourceIndex, check_line, marker
+from secd_airlock.checks.canaries import Canaries
 from secd_airlock.sources import SourceError, Sources
 from secd_shared.bus import LOG_STREAM, EventBus, log_view_subject
 from secd_shared.events import CredentialsIssued
@@ -32,14 +33,17 @@ __all__ = ["LiveLog", "filter_chunk"]
 CONSUMER = next(iter(LOG_CONSUMERS))
 
 
-def filter_chunk(chunk: bytes, index: SourceIndex, rules: Rules) -> tuple[bytes, int]:
-    """The chunk as the researcher may see it, and how many lines were withheld."""
+def filter_chunk(
+    chunk: bytes, index: SourceIndex, rules: Rules, canaries: Canaries | None = None
+) -> tuple[bytes, int]:
+    """The chunk as the researcher may see it, and how many lines were withheld (a line with a
+    value of the run's `canaries` too)."""
     text = chunk.decode("utf-8", "replace")
     out, withheld = [], 0
     for line in text.splitlines(keepends=True):
         body = line.rstrip("\r\n")
         end = line[len(body) :]
-        found = check_line(body, index, rules) if body.strip() else None
+        found = check_line(body, index, rules, canaries) if body.strip() else None
         if found is None:
             out.append(line)
         else:
@@ -51,11 +55,20 @@ def filter_chunk(chunk: bytes, index: SourceIndex, rules: Rules) -> tuple[bytes,
 class LiveLog:
     """Copies each run's job output to its checked live log."""
 
-    def __init__(self, bus: EventBus, sources: Sources, rules: Rules, *, keep: int = 64) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        sources: Sources,
+        rules: Rules,
+        *,
+        keep: int = 64,
+        canaries_key: bytes = b"",
+    ) -> None:
         self.bus = bus
         self.sources = sources
         self.rules = rules
         self.keep = keep
+        self.canaries_key = canaries_key
         self._indexes: OrderedDict[str, SourceIndex] = OrderedDict()
         self._stop = asyncio.Event()
 
@@ -84,7 +97,12 @@ class LiveLog:
     async def handle(self, subject: str, data: bytes, seq: int) -> None:
         run_id = subject.rsplit(".", 1)[-1]
         index = await self.index_for(run_id)
-        shown, withheld = await asyncio.to_thread(filter_chunk, data, index, self.rules)
+        canaries = (
+            Canaries.for_run(self.canaries_key, run_id, self.rules.canary_rows)
+            if self.canaries_key
+            else None
+        )
+        shown, withheld = await asyncio.to_thread(filter_chunk, data, index, self.rules, canaries)
         if withheld:
             log.warning("withheld %d lines of the live log", withheld, extra={"run_id": run_id})
         await self.bus.store(

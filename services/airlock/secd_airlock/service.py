@@ -15,6 +15,7 @@ markers; officers see the whole log in the artifact store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -24,13 +25,18 @@ from pathlib import Path
 from secd_airlock.checks import (
     FileReport,
     Finding,
+    Kind,
     OutputFile,
     Report,
     Rules,
     SourceIndex,
     check_outputs,
 )
+from secd_airlock.checks.canaries import Canaries, canary_key
+from secd_airlock.checks.differencing import ReleasedTable
 from secd_airlock.checks.identifiers import check_identifier_values
+from secd_airlock.checks.sdc import SIDECAR_SUFFIX
+from secd_airlock.released import FolderReleasedTables, MemoryReleasedTables, ReleasedTables
 from secd_airlock.sources import SourceError, Sources
 from secd_shared.artifacts import (
     MAX_MANIFEST_BYTES,
@@ -46,6 +52,7 @@ from secd_shared.events import (
     CheckResult,
     CredentialsIssued,
     DeclaredOutput,
+    Event,
     HeldFile,
     OutputsChecked,
     OutputsHeld,
@@ -67,6 +74,8 @@ MAX_LOG_BYTES = 64 * 1024 * 1024
 # What a file's verdict needs before it may leave.
 ROUTES = {"pass": "automatic", "review": "review", "block": "override"}
 _CHECKS_NAME = "airlock"
+# Outputs the SDC checks read and the differencing record keeps.
+_TABLE_KINDS = ("counts", "table")
 
 
 def load_rules(values: dict[str, float]) -> Rules:
@@ -137,6 +146,8 @@ class Airlock:
         *,
         auto_release: bool = True,
         reviewers: int = 2,
+        released: ReleasedTables | None = None,
+        canaries_key: bytes = b"",
     ) -> None:
         self.bus = bus
         self.store = store
@@ -144,6 +155,15 @@ class Airlock:
         self.rules = rules
         self.auto_release = auto_release
         self.reviewers = max(1, reviewers)
+        # Each project's released tables (differencing), and the key of the runs' canary rows.
+        self.released = released if released is not None else MemoryReleasedTables()
+        self.canaries_key = canaries_key
+
+    def canaries(self, run_id: str) -> Canaries | None:
+        """The run's canary rows (none without a canary key)."""
+        if not self.canaries_key or self.rules.canary_rows <= 0:
+            return None
+        return Canaries.for_run(self.canaries_key, run_id, self.rules.canary_rows)
 
     async def on_ended(self, stored: StoredEvent) -> list:
         """Check what the job wrote and printed; release what passes, hold the rest."""
@@ -166,10 +186,40 @@ class Airlock:
         except ArtifactError as exc:
             raise PermanentError(f"the run's outputs cannot be read: {exc}") from None
         index, source_note = await self._index(issued)
-        report = await asyncio.to_thread(
-            check_outputs, [f for f, _ in files], log_bytes, index, self.rules
+        project = issued.plan.repository if issued else ""
+        released = (
+            await self.released.tables(project)
+            if project and any(f.kind in _TABLE_KINDS for f, _ in files)
+            else []
         )
-        return await self._outcome(report, index, files, oversized, undeclared, source_note)
+        report = await asyncio.to_thread(
+            functools.partial(
+                check_outputs,
+                released=released,
+                canaries=self.canaries(stored.event.run_id),
+            ),
+            [f for f, _ in files],
+            log_bytes,
+            index,
+            self.rules,
+        )
+        events = await self._outcome(report, index, files, oversized, undeclared, source_note)
+        released_now = {f.sha256 for e in events if isinstance(e, OutputsReleased) for f in e.files}
+        for file, _digest in files:
+            if file.kind in _TABLE_KINDS and project:
+                sha = hashlib.sha256(file.data).hexdigest()
+                if sha in released_now:
+                    await self._remember(
+                        project, stored.event.run_id, file.name, file.kind, file.data
+                    )
+        return events
+
+    async def _remember(
+        self, project: str, run_id: str, name: str, kind: Kind, data: bytes
+    ) -> None:
+        """Keep a released counts or table output for the differencing check."""
+        sha = hashlib.sha256(data).hexdigest()
+        await self.released.add(project, ReleasedTable(name, sha, run_id, kind, data))
 
     async def _declared_files(
         self, outputs: str | None, declared: list[DeclaredOutput]
@@ -180,6 +230,7 @@ class Airlock:
             return [], 0, []
         tree = Tree.decode(await self.store.get_bytes(outputs, max_bytes=MAX_MANIFEST_BYTES))
         files, oversized, undeclared = [], [], 0
+        by_path = {entry.path: entry for entry in tree.files}
         for entry in tree.files:
             declaration = declared_for(entry.path, declared)
             if declaration is None:
@@ -190,7 +241,19 @@ class Airlock:
                 oversized.append((entry.path, entry.size, sha))
                 continue
             data = await self.store.get_bytes(entry.digest, max_bytes=self.rules.max_file_bytes)
-            files.append((OutputFile(entry.path, data, declaration.kind), entry.digest))
+            # A magnitude table's contributors: read as evidence, never released (undeclared).
+            sidecar = by_path.get(entry.path + SIDECAR_SUFFIX)
+            contributors = b""
+            if declaration.kind in _TABLE_KINDS and sidecar is not None:
+                if sidecar.size <= self.rules.max_file_bytes:
+                    contributors = await self.store.get_bytes(
+                        sidecar.digest, max_bytes=self.rules.max_file_bytes
+                    )
+                else:
+                    contributors = b"(too large)"
+            files.append(
+                (OutputFile(entry.path, data, declaration.kind, contributors), entry.digest)
+            )
         return files, undeclared, oversized
 
     async def _index(self, issued: CredentialsIssued | None) -> tuple[SourceIndex, str]:
@@ -330,6 +393,9 @@ class Airlock:
             decision = decide(item, reviews, researcher, self.reviewers)
             if decision.outcome == "release":
                 path, artifact = await self._held_artifact(stored, item, checked)
+                await self._remember_held(
+                    events, stored.event.run_id, item, path, artifact, checked
+                )
                 out.append(
                     OutputsReleased(
                         files=[ReleasedFile(name=path, sha256=item.sha256, artifact=artifact)],
@@ -349,6 +415,24 @@ class Airlock:
                 )
             done.add(item.sha256)
         return out
+
+    async def _remember_held(
+        self,
+        events: list[Event],
+        run_id: str,
+        item: HeldFile,
+        path: str,
+        artifact: str,
+        checked: OutputsChecked | None,
+    ) -> None:
+        """Keep a counts or table output that officers released, for the differencing check."""
+        kinds = {f.sha256: f.kind for f in checked.files} if checked else {}
+        issued = next((e.payload for e in events if isinstance(e.payload, CredentialsIssued)), None)
+        if issued is None or kinds.get(item.sha256) not in _TABLE_KINDS:
+            return
+        kind: Kind = "counts" if kinds[item.sha256] == "counts" else "table"
+        data = await self.store.get_bytes(artifact, max_bytes=self.rules.max_file_bytes)
+        await self._remember(issued.plan.repository, run_id, path, kind, data)
 
     async def _held_artifact(
         self, stored: StoredEvent, item: HeldFile, checked: OutputsChecked | None
@@ -411,8 +495,10 @@ async def setup(config: Config, bus: EventBus):
         rules,
         auto_release=settings.auto_release,
         reviewers=settings.reviewers,
+        released=FolderReleasedTables(config.path(settings.released_dir)),
+        canaries_key=canary_key(key),
     )
-    live = LiveLog(bus, sources, rules)
+    live = LiveLog(bus, sources, rules, canaries_key=canary_key(key))
     task = asyncio.create_task(live.run())
 
     async def stop() -> None:

@@ -33,11 +33,13 @@ class Finding:
 @dataclass(frozen=True)
 class OutputFile:
     """A file the job declared as an output: its name relative to the output folder, its bytes and
-    the kind secd.yml gave it."""
+    the kind secd.yml gave it; for a magnitude table, its contributors file (`sdc`), which the
+    airlock reads and never releases."""
 
     name: str
     data: bytes
     kind: Kind
+    contributors: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,20 @@ class Rules:
     match_rows_block: int = 5  # more than this many matched rows blocks
     single_column_rows_review: int = 5
     single_column_rows_block: int = 20
-    # small counts (kind counts)
+    # statistical disclosure control (kind counts and table; checks/sdc.py): a count under the
+    # threshold (other than 0) or not a multiple of the rounding base (1: no rounding asked) is
+    # held, and so is a zero when zeros_review; a magnitude cell whose dominance_n largest
+    # contributors hold at least dominance_k of its total, or whose contributors other than the
+    # two largest hold less than p_ratio of the largest (ACRO's defaults: 10, 2, 0.9, 0.1)
     small_count_threshold: int = 10
     rounding_base: int = 5
+    zeros_review: bool = True
+    dominance_n: int = 2
+    dominance_k: float = 0.9
+    p_ratio: float = 0.1
+    # synthetic patients planted per run (checks/canaries.py); their values in any output or
+    # log line block it
+    canary_rows: int = 3
     # encodings
     decode_depth: int = 3
     encoded_min_chars: int = 24

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from . import encodings, identifiers, source
 from .base import Finding, Rules, count_words, worst
+from .canaries import Canaries, check_canaries
 from .encodings import check_encodings, find_encoded
 from .identifiers import check_identifier_values, find_personnummer
 from .source import SourceIndex, check_source
@@ -21,9 +22,15 @@ def marker(check: str) -> str:
     return f"[secd airlock: line withheld ({check})]"
 
 
-def check_line(line: str, index: SourceIndex, rules: Rules) -> Finding | None:
+def check_line(
+    line: str, index: SourceIndex, rules: Rules, canaries: Canaries | None = None
+) -> Finding | None:
     """The strictest finding for one log line, None when it may be shown. Fast: the line's
-    words are hashed once (and cached), decoding runs only on lines with a long run."""
+    words are hashed once (and cached), decoding runs only on lines with a long run. A line
+    with a value of the run's `canaries` blocks."""
+    found_canary = check_canaries([line], canaries, "in a line of the log")
+    if found_canary:
+        return found_canary[0]
     match = index.scan_text(line)
     if match.tables:
         found = _strictest(check_source(match, replace(rules, match_rows_review=1)), "a line")
@@ -57,7 +64,9 @@ def _strictest(findings: list[Finding], where: str) -> Finding | None:
     return Finding(first.check, first.version, verdict, f"{first.evidence} in {where} of the log")
 
 
-def redact_log(text: str, index: SourceIndex, rules: Rules) -> tuple[str, list[Finding]]:
+def redact_log(
+    text: str, index: SourceIndex, rules: Rules, canaries: Canaries | None = None
+) -> tuple[str, list[Finding]]:
     """The log as the researcher may see it, and the findings on the whole log. A line is
     withheld when `check_line` finds something, or when it holds values of a row the log as a
     whole matches (a row printed over several lines)."""
@@ -68,7 +77,7 @@ def redact_log(text: str, index: SourceIndex, rules: Rules) -> tuple[str, list[F
     withheld: dict[str, int] = {}
     out = []
     for line, in_matched_row in zip(lines, touched, strict=True):
-        found = check_line(line, index, rules)
+        found = check_line(line, index, rules, canaries)
         check = found.check if found else (source.NAME if in_matched_row else None)
         if check is None:
             out.append(line)

@@ -6,13 +6,15 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from . import filetype
+from .acro import AcroClaim, acro_claims, check_claim
 from .base import Finding, Kind, OutputFile, Rules, Verdict, count_words, worst
-from .counts import check_counts
+from .canaries import Canaries, check_canaries
+from .differencing import ReleasedTable, check_differencing
 from .encodings import check_encodings, find_encoded
 from .filetype import (
     TEXT_TYPES,
@@ -26,6 +28,7 @@ from .filetype import (
 from .identifiers import NAME as IDENTIFIERS
 from .identifiers import check_identifier_values
 from .logs import redact_log
+from .sdc import Shown, check_sdc, frequency_table, plain_label
 from .source import SourceIndex, check_source
 from .tables import check_table, parse_table
 
@@ -113,12 +116,6 @@ def _scan_text(
     table = parse_table(text, detected) if detected in ("csv", "tsv", "json") else None
     if table is not None:
         findings += check_table(table, rules)
-        if file.kind == "counts":
-            findings += check_counts(table, rules)
-    elif file.kind == "counts":
-        findings.append(
-            Finding("small-counts", 1, "review", "declared counts but holds no table to check")
-        )
     findings += check_identifier_values(readable, rules)
     decoded, opaque = find_encoded(text, rules)
     findings += check_encodings(decoded, opaque)
@@ -164,17 +161,76 @@ def _name_text(name: str) -> str:
     return " ".join([*path.parent.parts, path.stem if path.suffix else path.name])
 
 
-def check_file(file: OutputFile, index: SourceIndex, rules: Rules) -> FileReport:
-    """Every check that applies to one output file."""
+def label_shown(index: SourceIndex, rules: Rules) -> Shown:
+    """Whether a table's label may be quoted in evidence: plain and short, no identifier-like
+    value, nothing the granted tables hold as a rare value."""
+    seen: dict[str, bool] = {}
+
+    def shown(label: str) -> bool:
+        if label not in seen:
+            seen[label] = (
+                plain_label(label)
+                and not index.scan_text(label).tables
+                and not check_identifier_values(label, rules)
+            )
+        return seen[label]
+
+    return shown
+
+
+def _check_statistics(
+    text: str,
+    detected: str,
+    file: OutputFile,
+    sha256: str,
+    shown: Shown,
+    rules: Rules,
+    released: Sequence[ReleasedTable],
+    claim: AcroClaim | None,
+) -> list[Finding]:
+    """Statistical disclosure control of a `kind: counts` or `kind: table` output (or a table
+    ACRO wrote), and differencing against the project's released tables."""
+    if file.kind not in ("counts", "table") and claim is None:
+        return []
+    counts = file.kind == "counts" or (claim is not None and claim.counts)
+    table = parse_table(text, detected) if detected in ("csv", "tsv", "json") else None
+    if table is None:
+        if counts:
+            return [Finding("sdc-threshold", 1, "review", "declared counts but holds no table")]
+        return []
+    findings = check_sdc(table, rules, counts=counts, contributors=file.contributors, shown=shown)
+    frequencies = frequency_table(table, counts=counts)
+    if frequencies is not None and released:
+        findings += check_differencing(frequencies, sha256, released, rules, shown)
+    if claim is not None:
+        findings += check_claim(claim, findings)
+    return findings
+
+
+def check_file(
+    file: OutputFile,
+    index: SourceIndex,
+    rules: Rules,
+    *,
+    released: Sequence[ReleasedTable] = (),
+    canaries: Canaries | None = None,
+    claim: AcroClaim | None = None,
+) -> FileReport:
+    """Every check that applies to one output file: `released` are the project's earlier
+    released tables (differencing), `canaries` the run's canary rows, `claim` what ACRO's
+    results.json said of this file."""
     findings = check_type(file, rules)
     detected = sniff(file.data)
     release = file.data
+    sha256 = hashlib.sha256(file.data).hexdigest()
     # The name is read too: a file name can carry data.
     texts = [_name_text(file.name)]
     findings += check_identifier_values(file.name, rules, "in the file name")
     if detected in TEXT_TYPES:
         text = file.data.decode("utf-8")
         findings += _scan_text(text, detected, file, rules, texts)
+        shown = label_shown(index, rules)
+        findings += _check_statistics(text, detected, file, sha256, shown, rules, released, claim)
     elif detected in ("png", "jpeg"):
         extra, trailing = image_text(file.data)
         for chunk in extra:
@@ -199,11 +255,14 @@ def check_file(file: OutputFile, index: SourceIndex, rules: Rules) -> FileReport
             release = b""
     elif detected == "skops":
         findings += _scan_model(file.data, rules, texts)
+    elif file.kind == "counts":
+        findings.append(Finding("sdc-threshold", 1, "review", "declared counts but holds no table"))
     findings += check_source(index.scan(texts), rules)
+    findings += check_canaries(texts, canaries)
     return FileReport(
         name=file.name,
         size=len(file.data),
-        sha256=hashlib.sha256(file.data).hexdigest(),
+        sha256=sha256,
         kind=file.kind,
         detected=detected,
         findings=tuple(findings),
@@ -212,19 +271,49 @@ def check_file(file: OutputFile, index: SourceIndex, rules: Rules) -> FileReport
     )
 
 
+def acro_claims_of(files: Sequence[OutputFile]) -> dict[str, AcroClaim]:
+    """ACRO's claims in any results.json among the outputs, by the base name of the file each
+    names."""
+    claims: dict[str, AcroClaim] = {}
+    for file in files:
+        if PurePosixPath(file.name).name == "results.json" and sniff(file.data) == "json":
+            for claim in acro_claims(file.data) or []:
+                claims[claim.file] = claim
+    return claims
+
+
 def check_outputs(
-    files: list[OutputFile], log: bytes, index: SourceIndex, rules: Rules | None = None
+    files: list[OutputFile],
+    log: bytes,
+    index: SourceIndex,
+    rules: Rules | None = None,
+    *,
+    released: Sequence[ReleasedTable] = (),
+    canaries: Canaries | None = None,
 ) -> Report:
-    """Every check over a run's declared output files and its log."""
+    """Every check over a run's declared output files and its log; `released` are the
+    project's earlier released tables, `canaries` the run's canary rows."""
     rules = rules or index.rules
-    reports = tuple(check_file(f, index, rules) for f in files)
+    claims = acro_claims_of(files)
+    reports = tuple(
+        check_file(
+            f,
+            index,
+            rules,
+            released=released,
+            canaries=canaries,
+            claim=claims.get(PurePosixPath(f.name).name),
+        )
+        for f in files
+    )
     text = log.decode("utf-8", "replace")
-    redacted, log_findings = redact_log(text, index, rules)
+    redacted, log_findings = redact_log(text, index, rules, canaries)
     # The log is an output like any other: the same scans as a text file, after the line checks.
     texts: list[str] = []
     as_file = OutputFile(LOG_NAME, log, "text")
     whole = _scan_text(text, "txt", as_file, rules, texts)
     whole += check_source(index.scan(texts[1:]), rules, "in decoded content of the log")
+    whole += check_canaries(texts, canaries, "in the log")
     for finding in whole:
         # redact_log has counted the log's identifier values already.
         if finding not in log_findings and finding.check != IDENTIFIERS:
