@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .identity_port import Identity, IdentityError, NoIdentity
+from secd_shared.identity_port import Identity, IdentityError, NoIdentity
 
 if TYPE_CHECKING:
     from secd_shared.config import Config
@@ -75,7 +75,7 @@ class FileIdentity:
 def make_identity(config: Config) -> Identity:
     """The adapter identity.kind names."""
     if config.identity.kind == "keycloak":
-        from .keycloak import KeycloakIdentity
+        from secd_shared.keycloak import KeycloakIdentity
 
         return KeycloakIdentity.from_config(config)
     return FileIdentity(

@@ -1,8 +1,8 @@
 """The identity port: where a researcher's groups come from, who is a security officer, and how
 a source says it cannot answer.
 
-Its adapters (secd_credentials.identity.FileIdentity, secd_credentials.keycloak.KeycloakIdentity)
-import this module only, so the factory (secd_credentials.identity.make_identity) can import them
+Its adapters (secd_shared.identity.FileIdentity, secd_shared.keycloak.KeycloakIdentity)
+import this module only, so the factory (secd_shared.identity.make_identity) can import them
 without a cycle.
 """
 

@@ -23,8 +23,7 @@ from keycloak.exceptions import KeycloakError, KeycloakGetError
 
 from secd_shared.config import Config, KeycloakConfig, read_secret
 from secd_shared.gitlab_client import gitlab_client
-
-from .identity_port import IdentityError, NoIdentity
+from secd_shared.identity_port import IdentityError, NoIdentity
 
 __all__ = ["KeycloakIdentity"]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from secd_credentials.identity import IdentityError, NoIdentity, make_identity
-from secd_credentials.keycloak import KeycloakIdentity
+from secd_shared.identity import IdentityError, NoIdentity, make_identity
+from secd_shared.keycloak import KeycloakIdentity
 from tests.forgeworld import IdentityWorld, no_secret_in
 
 

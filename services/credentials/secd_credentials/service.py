@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from secd_credentials.accounts import ACCOUNT_PREFIX, account_name, new_password
 from secd_credentials.backends import Backend, backend_for
 from secd_credentials.groups import grants_for
-from secd_credentials.identity import IdentityError, NoIdentity, make_identity
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
 from secd_shared.durations import hours_to_s
@@ -32,6 +31,7 @@ from secd_shared.events import (
     Refusal,
     new_event,
 )
+from secd_shared.identity import IdentityError, NoIdentity, make_identity
 from secd_shared.runid import parse_run_id, run_created_at
 from secd_shared.sealing import seal
 from secd_shared.service import Handlers, producer_for

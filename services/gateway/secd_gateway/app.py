@@ -124,7 +124,7 @@ def create_app(
         add_gitlab_hook(app, config, bus, register, gitlab_secret, producer)
 
     if officer_role is None:
-        from secd_credentials.identity import make_identity
+        from secd_shared.identity import make_identity
 
         officer_role = make_identity(config)
     officers_file = config.gateway.officers_file

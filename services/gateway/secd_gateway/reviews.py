@@ -28,7 +28,6 @@ import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from secd_credentials.identity_port import IdentityError
 from secd_gateway.body import read_body, require_json
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.events import (
@@ -44,6 +43,7 @@ from secd_shared.events import (
     ReviewRecorded,
     new_event,
 )
+from secd_shared.identity_port import IdentityError
 from secd_shared.runid import parse_run_id
 from secd_shared.runs import run_researcher
 
@@ -73,7 +73,7 @@ class Decision(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OfficerRole(Protocol):
-    """The part of the identity port the gateway uses (secd_credentials.identity)."""
+    """The part of the identity port the gateway uses (secd_shared.identity)."""
 
     def is_officer(self, person: str) -> bool:
         """Whether `person` holds the security officers' role; IdentityError if unsure."""
