@@ -3,7 +3,8 @@
 A researcher (alice) with a fresh GPG key pushes a signed project that trains a small model on a
 synthetic patients table; secd verifies, builds, issues a temporary account, runs the code in a
 sandbox, revokes the account and publishes the results as a branch. Then she pushes an unsigned
-commit, which is refused with the commit named. Exit status 0 only if both happened.
+commit, which is refused with the commit named, and a signed one that writes the table to a CSV
+file, which the airlock holds for security officers. Exit status 0 only if all three happened.
 """
 
 from __future__ import annotations
@@ -179,8 +180,28 @@ async def _wait_for(stack: Stack, head: str, want: str, timeout: float = 300) ->
     return [stored.event for stored in run]
 
 
+def _held_files(events: list) -> list[dict]:
+    """The files of a run the airlock held, as the researcher may see them: the name shown
+    (a name that could carry data is withheld), the verdict, and each failed check's evidence,
+    which names checks, columns and figures, never a value of the data."""
+    checked = next((e.payload for e in events if e.type == "outputs.checked"), None)
+    by_sha = {f.sha256: f for f in checked.files} if checked else {}
+    files = []
+    for item in (f for e in events if e.type == "outputs.held" for f in e.payload.files):
+        found = by_sha.get(item.sha256)
+        reasons = [
+            f"{c.name}: {c.evidence}" if c.evidence else c.name
+            for c in (found.checks if found else [])
+            if c.verdict != "pass"
+        ]
+        verdict = found.verdict if found else item.reason.split(":", 1)[0]
+        files.append({"path": item.name, "verdict": verdict, "reasons": reasons or [item.reason]})
+    return files
+
+
 async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
-    """Run the demo; print what happened; 0 only if a run was published and a push rejected."""
+    """Run the demo; print what happened; 0 only if a run was published, an unsigned push
+    rejected and a dump held (not on its results branch)."""
     say = (lambda *_a, **_k: None) if as_json else print
     # Keep the builder's folder, with the environments built by earlier demos (a rebuild needs
     # the package index); start everything else afresh.
@@ -216,6 +237,7 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         f"in {time.monotonic() - started:.1f} s"
     )
     result: dict = {"runs": [], "rejected": [], "held": []}
+    dump_published: list[str] = []
     try:
         await _seed_patients(stack)
         from secd_shared.forge import create_repository
@@ -300,14 +322,20 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         say(f"\n3. alice pushes signed commit {dump[:7]} that writes the table to a CSV file")
         _git(work, "push", "--quiet", "origin", "dump", env=env)
         events = await _wait_for(stack, dump, "results.published")
-        held = [f for e in events if e.type == "outputs.held" for f in e.payload.files]
+        held = _held_files(events)
+        published = next(e.payload for e in events if e.type == "results.published")
         checked = next((e.payload for e in events if e.type == "outputs.checked"), None)
         withheld_lines = sum(1 for c in (checked.log if checked else []) if c.verdict != "pass")
         for item in held:
-            say(f"   held for security officers: {item.name} ({item.reason})")
+            say(f"   held for security officers: {item['path']} ({item['verdict']})")
+            for reason in item["reasons"]:
+                say(f"     - {reason}")
         if checked is not None:
             say(f"   job log: {withheld_lines} check(s) withheld lines; see secd-run.log")
-        result["held"] = [{"name": f.name, "route": f.route, "reason": f.reason} for f in held]
+        say(f"   on branch {published.branch}: {', '.join(published.files)}")
+        if held:
+            result["held"].append({"run_id": events[0].run_id, "files": held})
+        dump_published = published.files
     finally:
         await stack.stop()
     ok = (
@@ -315,7 +343,12 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         and result["runs"][0]["status"] == "published"
         and result["runs"][0]["outcome"] == "succeeded"
         and len(result["rejected"]) == 1
-        and len(result.get("held", [])) == 1
+        # The dump: held for officers with a reason, and not on its results branch.
+        and [[(f["path"], f["verdict"]) for f in r["files"]] for r in result["held"]]
+        == [[("patients.csv", "block")]]
+        and all(f["reasons"] for r in result["held"] for f in r["files"])
+        and "secd-run.log" in dump_published
+        and "output/patients.csv" not in dump_published
     )
     if as_json:
         print(json.dumps(result))

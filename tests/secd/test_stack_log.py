@@ -38,7 +38,13 @@ def test_secd_up_makes_the_checkpointer_key_and_identity(tmp_path):
 def test_the_demos_log_verifies_clean(tmp_path, capsys):
     state = tmp_path / "demo"
     assert asyncio.run(run_demo(state, as_json=True)) == 0
-    capsys.readouterr()
+    printed = json.loads(capsys.readouterr().out)
+    # The dump the airlock held, named with its verdict and reasons (checks and figures).
+    (held,) = printed["held"]
+    assert held["run_id"] and [(f["path"], f["verdict"]) for f in held["files"]] == [
+        ("patients.csv", "block")
+    ]
+    assert any(r.startswith("source-match: ") for r in held["files"][0]["reasons"])
     # The demo stopped everything; the log stays in the state folder. NATS alone is enough.
     stack = Stack(state)
     stack.prepare()
