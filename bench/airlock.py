@@ -10,23 +10,33 @@ legitimate cases not passed.
 Throughput: about --mb MB of mixed text (a training log, aggregate CSV, markdown prose, JSON
 metrics, a few rare values and ids of the table sprinkled in as a real job's text would not
 have them), checked as one `kind: text` output (check_file: identifier values, encodings,
-source match), --repeats times; bytes / median seconds. One core, this interpreter. Last line:
+source match), --repeats times; bytes / median seconds. One core, this interpreter.
+
+Gate overhead: what the airlock adds to a run. A real stack (NATS, embedded PostgreSQL, every
+service, as bench/overhead.py starts it, with its helpers) runs a trivial job that declares its
+one output, a warm-up and then --runs times; each run's gate is the time from run.finished to
+the first outputs.released (reading the outputs, fingerprinting the granted table, the checks),
+which is what the publisher waits for besides the job's end; the figure is their median.
+Last line:
 
     recall=<caught attempts / attempts> false_positive_rate=<held legitimate / legitimate>
-    check_mb_per_s=<scan throughput> ...
+    check_mb_per_s=<scan throughput> gate_overhead_s=<median seconds added per run>
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.overhead import pipeline_runs
 from secd_airlock.checks import OutputFile, Rules, SourceIndex, check_file, check_outputs
 from tests.airlock.make_corpus import DIAGNOSES, KEY, cases, patients_table
 
@@ -115,11 +125,24 @@ def throughput(index: SourceIndex, rules: Rules, megabytes: float, repeats: int)
     return len(data) / 1e6 / statistics.median(seconds)
 
 
+def gate_overhead(runs: int) -> float:
+    """Median seconds from run.finished to outputs.released over `runs` trivial runs."""
+    with tempfile.TemporaryDirectory(prefix="secd-bench-airlock-") as tmp:
+        _, stages, _ = asyncio.run(pipeline_runs(Path(tmp), runs))
+    gates = [s["gate"] for s in stages]
+    for n, seconds in enumerate(gates, 1):
+        print(f"gate run {n}: {seconds:.3f} s from run.finished to outputs.released")
+    return statistics.median(gates)
+
+
 def main() -> None:
     """Parse the options, run the corpus and the throughput runs, end with the figures line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=4.0, help="MB of mixed text (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="throughput runs (default 5)")
+    parser.add_argument(
+        "--runs", type=int, default=7, help="trivial runs on a real stack (default 7)"
+    )
     args = parser.parse_args()
     rules = Rules()
     started = time.perf_counter()
@@ -127,8 +150,14 @@ def main() -> None:
     print(f"source index built in {time.perf_counter() - started:.3f} s")
     recall, false_positive_rate = corpus(index, rules)
     mb_per_s = throughput(index, rules, args.mb, args.repeats)
+    gate_s = gate_overhead(args.runs)
     print(
-        final_line(recall=recall, false_positive_rate=false_positive_rate, check_mb_per_s=mb_per_s)
+        final_line(
+            recall=recall,
+            false_positive_rate=false_positive_rate,
+            check_mb_per_s=mb_per_s,
+            gate_overhead_s=gate_s,
+        )
     )
 
 

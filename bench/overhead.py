@@ -135,9 +135,10 @@ def _direct_run(work: Path, out_root: Path, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def _pipeline(root: Path, runs: int, *, cluster: int | None = None):
+async def pipeline_runs(root: Path, runs: int, *, cluster: int | None = None):
     """Start a stack in `root`, push a warm-up run and `runs` measured ones; return the
-    pipeline seconds, the stages of each, and the checkout (for the direct runs)."""
+    pipeline seconds, the stages of each (with `gate`: run.finished to outputs.released), and
+    the checkout (for the direct runs). bench/airlock.py reuses it for its gate figure."""
     stack = Stack(root / "state", accounts={getpass.getuser(): RESEARCHER}, cluster=cluster)
     stack.prepare()
     started = time.perf_counter()
@@ -179,11 +180,11 @@ async def bench(runs: int) -> str:
     """Run the benchmark, print what it measures, and return the final name=value line."""
     with tempfile.TemporaryDirectory(prefix="secd-bench-") as tmp:
         root = Path(tmp)
-        pipeline, stages, work = await _pipeline(root / "single", runs)
+        pipeline, stages, work = await pipeline_runs(root / "single", runs)
         direct = [_direct_run(work, root, n) for n in range(1, runs + 1)]
         for n, seconds in enumerate(direct, 1):
             print(f"direct run {n}: {seconds:.3f} s")
-        cluster, cluster_stages, _ = await _pipeline(root / "cluster", runs, cluster=3)
+        cluster, cluster_stages, _ = await pipeline_runs(root / "cluster", runs, cluster=3)
 
     pipeline_s, direct_s = statistics.median(pipeline), statistics.median(direct)
     print(
