@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from secd_shared.artifacts import (
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
 from secd_shared.events import (
+    AnyPayload,
     CheckedFile,
     CheckResult,
     CredentialsIssued,
@@ -60,10 +62,12 @@ from secd_shared.events import (
     OutputsWithheld,
     ReleasedFile,
     ReviewRecorded,
+    Verdict,
     WithheldFile,
 )
 from secd_shared.outputs import declared_for
 from secd_shared.runs import run_researcher
+from secd_shared.service import Handlers
 from secd_shared.worker import PermanentError, TransientError
 
 log = logging.getLogger("secd.airlock")
@@ -165,7 +169,7 @@ class Airlock:
             return None
         return Canaries.for_run(self.canaries_key, run_id, self.rules.canary_rows)
 
-    async def on_ended(self, stored: StoredEvent) -> list:
+    async def on_ended(self, stored: StoredEvent) -> list[AnyPayload]:
         """Check what the job wrote and printed; release what passes, hold the rest."""
         payload = stored.event.payload
         outputs, job_log = getattr(payload, "outputs", None), getattr(payload, "log", None)
@@ -277,7 +281,7 @@ class Airlock:
         oversized: list[tuple[str, int, str]],
         undeclared: int,
         source_note: str,
-    ) -> list:
+    ) -> list[AnyPayload]:
         checked, released, held = [], [], []
         digests = dict((f.name, digest) for f, digest in files)
         run_findings = _results(report.run_findings)
@@ -350,8 +354,10 @@ class Airlock:
             )
         redacted = await self.store.put_bytes(report.redacted_log) if report.redacted_log else ""
         verdicts = [c.verdict for c in checked] + [report.log_verdict]
-        overall = "block" if "block" in verdicts else "review" if "review" in verdicts else "pass"
-        events: list = [
+        overall: Verdict = (
+            "block" if "block" in verdicts else "review" if "review" in verdicts else "pass"
+        )
+        events: list[AnyPayload] = [
             OutputsChecked(
                 files=checked,
                 log=_results(report.log_findings),
@@ -372,7 +378,7 @@ class Airlock:
             return await self.store.put_bytes(report.release)
         return digest
 
-    async def on_review(self, stored: StoredEvent) -> list:
+    async def on_review(self, stored: StoredEvent) -> list[AnyPayload]:
         """Apply officers' votes: release or withhold each held file once it is decided."""
         run = await self.bus.read_run(stored.event.run_id)
         events = [s.event for s in run]
@@ -386,7 +392,7 @@ class Airlock:
             for f in e.payload.files
         }
         checked = next((e.payload for e in events if isinstance(e.payload, OutputsChecked)), None)
-        out: list = []
+        out: list[AnyPayload] = []
         for item in held:
             if item.sha256 in done:
                 continue
@@ -477,7 +483,7 @@ def read_key(path: Path) -> bytes:
     return key
 
 
-async def setup(config: Config, bus: EventBus):
+async def setup(config: Config, bus: EventBus) -> tuple[Handlers, Callable[[], Awaitable[None]]]:
     """Two consumers of the log (runs' ends, officers' reviews) and one of the job logs."""
     from secd_airlock.livelog import LiveLog
 

@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from secd_airlock.checks import Rules, SourceIndex, Table
 from secd_shared.config import DatabaseConfig
@@ -42,7 +43,7 @@ def quote_identifier(name: str, quote: str) -> str:
     return f"{quote}{name}{quote}"
 
 
-def _secret(value) -> str | None:
+def _secret(value: object) -> str | None:
     if value is None:
         return None
     reveal = getattr(value, "reveal", None)
@@ -104,7 +105,7 @@ class Sources:
 class _Postgres:
     def __init__(self, db: DatabaseConfig) -> None:
         self.db = db
-        self.conn = None
+        self.conn: Any = None  # an asyncpg Connection once entered (asyncpg has no type hints)
 
     async def __aenter__(self) -> _Postgres:
         import asyncpg
@@ -125,7 +126,7 @@ class _Postgres:
             raise SourceError(f"connecting to {self.db.database!r}: {type(exc).__name__}") from None
         return self
 
-    async def __aexit__(self, *_exc) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         if self.conn is not None:
             await self.conn.close()
 
@@ -141,7 +142,7 @@ class _Postgres:
             raise SourceError(f"reading table {name!r}: {type(exc).__name__}") from None
         return f"{row['n']}:{row['h']}"
 
-    async def rows(self, name: str) -> tuple[list[str], list[tuple]]:
+    async def rows(self, name: str) -> tuple[list[str], list[tuple[object, ...]]]:
         table = f'"public".{quote_identifier(name, chr(34))}'
         try:
             stmt = await self.conn.prepare(f"SELECT * FROM {table} LIMIT {MAX_SOURCE_ROWS}")  # noqa: S608
@@ -155,7 +156,7 @@ class _Postgres:
 class _MariaDB:
     def __init__(self, db: DatabaseConfig) -> None:
         self.db = db
-        self.conn = None
+        self.conn: Any = None  # an aiomysql Connection once entered (aiomysql has no type hints)
 
     async def __aenter__(self) -> _MariaDB:
         import aiomysql
@@ -177,7 +178,7 @@ class _MariaDB:
             raise SourceError(f"connecting to {self.db.database!r}: {type(exc).__name__}") from None
         return self
 
-    async def __aexit__(self, *_exc) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         if self.conn is not None:
             self.conn.close()
 
@@ -193,7 +194,7 @@ class _MariaDB:
             raise SourceError(f"reading table {name!r}: {type(exc).__name__}") from None
         return f"{count[0]}:{row[1]}"
 
-    async def rows(self, name: str) -> tuple[list[str], list[tuple]]:
+    async def rows(self, name: str) -> tuple[list[str], list[tuple[object, ...]]]:
         table = quote_identifier(name, "`")
         try:
             async with self.conn.cursor() as cur:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Finding, Rules, count_words
+from .base import Finding, Rules, Verdict, count_words
 
 NAME = "identifier-values"
 VERSION = 1
@@ -73,7 +73,7 @@ def check_identifier_values(text: str, rules: Rules, where: str = "") -> list[Fi
     suffix = f" {where}" if where else ""
     pnr = find_personnummer(text)
     if pnr:
-        verdict = "block" if len(pnr) >= rules.identifier_values_block else "review"
+        verdict: Verdict = "block" if len(pnr) >= rules.identifier_values_block else "review"
         findings.append(
             Finding(
                 NAME,

@@ -78,8 +78,8 @@ def json_lines(value: object) -> Iterator[str]:
     included: a key can carry data), so tuple matching sees a record together and escaped
     characters read as themselves."""
     if isinstance(value, dict):
-        scalars = [str(k) for k in value]
-        children = []
+        scalars: list[object] = [str(k) for k in value]
+        children: list[object] = []
         for v in value.values():
             (children if isinstance(v, dict | list) else scalars).append(v)
     elif isinstance(value, list):

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .base import Finding, Rules, count_words
+from .base import Finding, Rules, Verdict, count_words
 from .tokens import WORD, fold, normalise_value, normalise_word
 
 NAME = "source-match"
@@ -46,7 +46,7 @@ class Table:
 
     name: str
     columns: list[str]
-    rows: Iterable[tuple]
+    rows: Iterable[tuple[object, ...]]
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class SourceIndex:
         ncols = len(table.columns)
         rows = [[normalise_value(v) for v in row] for row in table.rows]
         values = [Counter(row[c] for row in rows if c < len(row)) for c in range(ncols)]
-        word_rows = [Counter() for _ in range(ncols)]
+        word_rows: list[Counter[str]] = [Counter() for _ in range(ncols)]
         for row in rows:
             for c, value in enumerate(row):
                 if " " in value:
@@ -207,7 +207,9 @@ class SourceIndex:
             if len(holders) <= rules.rare_max_rows:
                 self._tuples.setdefault(key, []).extend(holders)
 
-    def _qi_columns(self, values: list[Counter], rows: list[list[str]], nrows: int) -> list[int]:
+    def _qi_columns(
+        self, values: list[Counter[str]], rows: list[list[str]], nrows: int
+    ) -> list[int]:
         """Category-like columns (repeated values, short), the most varied first."""
         chosen = []
         for c, counter in enumerate(values):
@@ -360,14 +362,14 @@ class SourceIndex:
     def _result(self, scan: _Scan) -> Match:
         matched: dict[int, set[int]] = defaultdict(set)  # table -> rows
         seen_columns: dict[int, set[int]] = defaultdict(set)
-        single: Counter = Counter()
+        single: Counter[int] = Counter()
         for (tid, r), cols in scan.cells.items():
             if len(cols) >= 2:
                 matched[tid].add(r)
                 seen_columns[tid].update(cols)
             elif (tid, r) in scan.strong:
                 single[tid] += 1
-        tuple_rows: Counter = Counter()
+        tuple_rows: Counter[int] = Counter()
         for tid, r in scan.tuple_rows:
             tuple_rows[tid] += 1
             matched[tid].add(r)
@@ -392,7 +394,7 @@ def check_source(match: Match, rules: Rules, where: str = "") -> list[Finding]:
     suffix = f" {where}" if where else ""
     for t in match.tables.values():
         if t.rows >= rules.match_rows_review:
-            verdict = "block" if t.rows > rules.match_rows_block else "review"
+            verdict: Verdict = "block" if t.rows > rules.match_rows_block else "review"
             how = []
             if t.columns:
                 how.append("columns " + ", ".join(t.columns))

@@ -138,8 +138,8 @@ def table_from_json(value: object) -> ParsedTable | None:
                 return ParsedTable(
                     [str(k) for k in value], [[v.get(k) for v in inner] for k in keys]
                 )
-        nested = [table_from_json(v) for v in inner if isinstance(v, list | dict)]
-        nested = [t for t in nested if t is not None and len(t.rows) > 1]
+        candidates = [table_from_json(v) for v in inner if isinstance(v, list | dict)]
+        nested = [t for t in candidates if t is not None and len(t.rows) > 1]
         if nested:
             return max(nested, key=lambda t: len(t.rows) * max(len(t.columns), 1))
         return ParsedTable([str(k) for k in value], [inner])
