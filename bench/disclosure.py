@@ -15,9 +15,10 @@ Differencing: the benign corpus checked against --released earlier tables of the
 (copies of the corpus's tables with shifted counts) over the same checks with none:
 differencing_overhead_ratio (median of --repeats, one core, this interpreter).
 
-Models (model_recall, attack_s_p50) belong to the model checks (secd_airlock.checks.models,
-corpus in tests/airlock/disclosure_corpus/models/): `model_figures` is their hook and says `nan`
-until it is filled. replay_overhead_ratio is not measured by anything here yet: `nan`.
+Models (model_recall, attack_s_p50): bench/model_attacks.py runs the model corpus
+(tests/airlock/disclosure_corpus/models/) through secd_airlock.checks.models.check_model in the
+model environment (built on first use); `model_figures` calls it. replay_overhead_ratio is
+not measured by anything here yet: `nan`.
 
 Last line:
 
@@ -59,9 +60,19 @@ class ModelFigures:
 
 
 def model_figures() -> ModelFigures | None:
-    """Hook for the model checks' part of the bench (tests/airlock/disclosure_corpus/models/):
-    None until it is written, and then the figures are printed as `nan`."""
-    return None
+    """The model checks' part (bench/model_attacks.py): the model corpus through check_model in
+    the model environment, built on first use; None (figures `nan`) when it cannot be built."""
+    from bench.model_attacks import figures
+    from secd_airlock.modelenv import ModelEnvError
+
+    try:
+        found = figures()
+    except ModelEnvError as exc:
+        print(f"models: not measured ({exc})")
+        return None
+    return ModelFigures(
+        found.disclosive, found.held, found.benign, found.passed, found.attack_s_p50
+    )
 
 
 def replay_overhead_ratio() -> float:

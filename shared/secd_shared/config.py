@@ -345,6 +345,13 @@ class AirlockConfig(_Section, frozen=True):
     # differencing check (secd_airlock.released); never served to anyone.
     released_dir: str = "airlock/released"
     concurrency: int = 2
+    # The model environment (scikit-learn, skops; secd_airlock.modelenv) the model attacks run
+    # in: built by uv on first use under model_env_dir (about 215 MB), or, on a site without a
+    # package index, model_python: an interpreter that has secd_airlock.modelenv.LOCK installed.
+    # The attacks on one model stop after model_timeout_s (the model is then held for review).
+    model_env_dir: str = "airlock/model-env"
+    model_python: str = ""
+    model_timeout_s: float = 120.0
 
 
 class CheckpointerConfig(_Section, frozen=True):

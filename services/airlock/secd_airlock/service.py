@@ -15,6 +15,7 @@ markers; officers see the whole log in the artifact store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -31,12 +32,16 @@ from secd_airlock.checks import (
     Report,
     Rules,
     SourceIndex,
+    Table,
     check_outputs,
+    worst,
 )
 from secd_airlock.checks.canaries import Canaries, canary_key
 from secd_airlock.checks.differencing import ReleasedTable
 from secd_airlock.checks.identifiers import check_identifier_values
+from secd_airlock.checks.models import Attacker, check_model
 from secd_airlock.checks.sdc import SIDECAR_SUFFIX
+from secd_airlock.modelenv import ModelEnvironment
 from secd_airlock.released import FolderReleasedTables, MemoryReleasedTables, ReleasedTables
 from secd_airlock.sources import SourceError, Sources
 from secd_shared.artifacts import (
@@ -150,6 +155,7 @@ class Airlock:
         *,
         auto_release: bool = True,
         reviewers: int = 2,
+        models: Attacker | None = None,
         released: ReleasedTables | None = None,
         canaries_key: bytes = b"",
     ) -> None:
@@ -159,6 +165,8 @@ class Airlock:
         self.rules = rules
         self.auto_release = auto_release
         self.reviewers = max(1, reviewers)
+        # Where the model attacks run (None: every model is held for review).
+        self.models = models
         # Each project's released tables (differencing), and the key of the runs' canary rows.
         self.released = released if released is not None else MemoryReleasedTables()
         self.canaries_key = canaries_key
@@ -207,6 +215,7 @@ class Airlock:
             index,
             self.rules,
         )
+        report = await self._check_models(report, files, issued)
         events = await self._outcome(report, index, files, oversized, undeclared, source_note)
         released_now = {f.sha256 for e in events if isinstance(e, OutputsReleased) for f in e.files}
         for file, _digest in files:
@@ -224,6 +233,44 @@ class Airlock:
         """Keep a released counts or table output for the differencing check."""
         sha = hashlib.sha256(data).hexdigest()
         await self.released.add(project, ReleasedTable(name, sha, run_id, kind, data))
+
+    async def _check_models(
+        self,
+        report: Report,
+        files: list[tuple[OutputFile, str]],
+        issued: CredentialsIssued | None,
+    ) -> Report:
+        """The model checks (secd_airlock.checks.models) on each output of kind model: its
+        format, then the attacks against the granted tables, read for this and dropped after."""
+        if not any(r.kind == "model" for r in report.files):
+            return report
+        tables: list[Table] = []
+        if issued is not None and issued.granted and self.sources.covers(issued.database):
+            try:
+                tables = await self.sources.tables(
+                    issued.database, issued.granted, int(self.rules.model_max_rows)
+                )
+            except SourceError as exc:
+                raise TransientError(f"reading the granted tables for a model: {exc}") from None
+        data = {f.name: f.data for f, _ in files}
+        checked = []
+        for file_report in report.files:
+            if file_report.kind == "model":
+                model = await asyncio.to_thread(
+                    check_model,
+                    data[file_report.name],
+                    tables,
+                    self.rules,
+                    self.models,
+                    file_report.detected,
+                )
+                findings = (*file_report.findings, *model.findings)
+                file_report = dataclasses.replace(
+                    file_report, findings=findings, verdict=worst(findings)
+                )
+                log.info("model checked: %s in %.1f s", model.verdict, model.seconds)
+            checked.append(file_report)
+        return dataclasses.replace(report, files=tuple(checked))
 
     async def _declared_files(
         self, outputs: str | None, declared: list[DeclaredOutput]
@@ -501,6 +548,11 @@ async def setup(config: Config, bus: EventBus) -> tuple[Handlers, Callable[[], A
         rules,
         auto_release=settings.auto_release,
         reviewers=settings.reviewers,
+        models=ModelEnvironment(
+            config.path(settings.model_env_dir),
+            python=Path(settings.model_python) if settings.model_python else None,
+            timeout_s=settings.model_timeout_s,
+        ),
         released=FolderReleasedTables(config.path(settings.released_dir)),
         canaries_key=canary_key(key),
     )

@@ -101,6 +101,24 @@ class Sources:
                 self._cache.popitem(last=False)
             return index
 
+    async def tables(self, database: str, tables: Iterable[str], max_rows: int) -> list[Table]:
+        """The granted tables' rows themselves (at most `max_rows` each), for the model attacks
+        (secd_airlock.checks.models), which need the data a model was trained on. Never kept:
+        the caller drops them after the attack."""
+        names = tuple(sorted(set(tables)))
+        for name in names:
+            quote_identifier(name, '"')
+        db = self.databases.get(database)
+        if db is None or not self.covers(database):
+            raise SourceError(f"the airlock has no read account on database {database!r}")
+        reader = _Postgres(db) if db.kind == "postgres" else _MariaDB(db)
+        async with reader:
+            read = []
+            for name in names:
+                columns, rows = await reader.rows(name)
+                read.append(Table(name, columns, rows[:max_rows]))
+        return read
+
 
 class _Postgres:
     def __init__(self, db: DatabaseConfig) -> None:

@@ -87,6 +87,18 @@ class Rules:
     entropy_min_chars: int = 100
     entropy_base64_bits: float = 4.8
     entropy_hex_bits: float = 3.3
+    # models (kind model; secd_airlock.checks.models): worst-case membership inference's AUC
+    # that holds a model for review (when also significant, p < 0.05) or blocks it, and the
+    # true-positive rate at a false-positive rate of 0.01 that holds it; shadow models per
+    # attack; the fewest table rows a tree's leaf may hold (k-anonymity) and the fewest
+    # residual degrees of freedom; the most table rows the attacks read
+    model_auc_review: float = 0.6
+    model_auc_block: float = 0.8
+    model_tpr_review: float = 0.1
+    model_shadow_models: int = 3
+    model_min_leaf_rows: int = 10
+    model_min_dof: int = 10
+    model_max_rows: int = 20000
 
 
 def worst(findings: Iterable[Finding]) -> Verdict:
