@@ -16,9 +16,13 @@ from secd_shared.runid import parse_run_id
 
 __all__ = [
     "ACCOUNT_PATTERN",
+    "REPLAY_SUFFIX",
     "account_name",
+    "is_replay_account",
     "mysql_native_hash",
     "new_password",
+    "replay_account_name",
+    "run_id_of",
     "scram_sha256_verifier",
 ]
 
@@ -32,6 +36,26 @@ SCRAM_SALT_BYTES = 16  # PostgreSQL's own default salt length
 def account_name(run_id: str) -> str:
     """The database account of a run: ``secd_<run_id>``; ValueError for a malformed run id."""
     return ACCOUNT_PREFIX + parse_run_id(run_id)
+
+
+# A run's second account, for neighbour replay (the same tables, a few rows left out).
+REPLAY_SUFFIX = "_n"
+
+
+def replay_account_name(run_id: str) -> str:
+    """The neighbour-replay account of a run: ``secd_<run_id>_n``; ValueError for a bad run id."""
+    return account_name(run_id) + REPLAY_SUFFIX
+
+
+def is_replay_account(account: str) -> bool:
+    """Whether `account` is a run's neighbour-replay account (by its name)."""
+    return account.startswith(ACCOUNT_PREFIX) and account.endswith(REPLAY_SUFFIX)
+
+
+def run_id_of(account: str) -> str:
+    """The run id in an account's name (the primary account's or the replay account's)."""
+    run_id = account.removeprefix(ACCOUNT_PREFIX)
+    return run_id.removesuffix(REPLAY_SUFFIX) if is_replay_account(account) else run_id
 
 
 def new_password() -> str:

@@ -9,6 +9,15 @@ database anyway, because the executor's relay admits no other.
 
 Utility statements (CREATE/ALTER/DROP ROLE, GRANT) cannot take bind parameters, so they only ever
 hold identifiers that were validated and then quoted, integers, and literals secd made itself.
+
+Neighbour replay (`issue_replay`): a run's second account reads, in place of each granted table,
+a view of it in a schema of the account's own name (its search_path) that leaves out a few rows
+chosen at random. The keys of those rows are copied by the server itself (CREATE TABLE AS ...
+ORDER BY random()) into a second schema, `<account>_hidden`, that the account cannot use: no key
+ever passes through secd or sits in SQL text, and a view's definition (which every role can read
+in pg_views) names the hidden table, never a key. Views run with their owner's rights, so the
+account needs SELECT on the views only; `security_barrier` keeps the account's own conditions
+from being evaluated on the hidden rows first. Both schemas go with the account on revoke.
 """
 
 from __future__ import annotations
@@ -24,10 +33,10 @@ import msgspec
 from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import ACCOUNT_PATTERN, scram_sha256_verifier
+from ..accounts import ACCOUNT_PATTERN, is_replay_account, scram_sha256_verifier
 from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
 
-__all__ = ["PostgresBackend", "PostgresSettings", "quote_ident"]
+__all__ = ["PostgresBackend", "PostgresSettings", "hidden_schema", "quote_ident"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,15 @@ _ACCOUNT_LOCK = 0x73656364
 _GRANTS_LOCK = 0x73656365
 _GRANTS_TURN = "SELECT pg_catalog.pg_advisory_xact_lock($1, 0)"
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# The one column that identifies a row of a table: its single-column primary key (by name).
+_PRIMARY_KEY = """
+SELECT a.attname::text FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+WHERE i.indisprimary AND i.indnatts = 1 AND n.nspname = $1 AND c.relname = $2
+"""
+_HIDDEN_SUFFIX = "_hidden"
 # Large objects are storage any role may create by default: a write path into the database.
 _LARGE_OBJECT_CREATORS = (
     "pg_catalog.lo_creat(integer)",
@@ -104,6 +122,11 @@ def quote_ident(name: str) -> str:
     if not name or "\x00" in name:
         raise ValueError("identifier must be non-empty and hold no NUL")
     return '"' + name.replace('"', '""') + '"'
+
+
+def hidden_schema(account: str) -> str:
+    """The schema that holds the keys a replay account's views leave out (never readable by it)."""
+    return account + _HIDDEN_SUFFIX
 
 
 def _literal(text: str) -> str:
@@ -235,6 +258,54 @@ class PostgresBackend:
         statement_timeout_s: int | None = None,
     ) -> IssueResult:
         """Create or reset `account`: login until `expires_at`, SELECT on existing `tables` only."""
+        return await self._issue(
+            account,
+            password,
+            tables,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+            hide_rows=0,
+        )
+
+    async def issue_replay(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        hide_rows: int,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """Create or reset a replay `account`: as `issue`, but each table it reads is a view
+        that leaves out `hide_rows` rows chosen at random (see the module docstring)."""
+        if not is_replay_account(account):
+            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
+        if type(hide_rows) is not int or not 1 <= hide_rows <= 10_000:
+            raise ValueError(f"hide_rows must be an int in 1..10000, not {hide_rows!r}")
+        return await self._issue(
+            account,
+            password,
+            tables,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+            hide_rows=hide_rows,
+        )
+
+    async def _issue(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        expires_at: datetime,
+        max_connections: int,
+        statement_timeout_s: int | None,
+        hide_rows: int,
+    ) -> IssueResult:
         check_issue_args(
             account,
             password,
@@ -312,11 +383,15 @@ class PostgresBackend:
                     f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = {idle_ms}"
                 )
                 await conn.execute(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {role}")
-                await conn.execute(f"GRANT USAGE ON SCHEMA {quote_ident(SCHEMA)} TO {role}")
-                for table in granted:
-                    target = f"{quote_ident(SCHEMA)}.{quote_ident(table)}"
-                    await conn.execute(f"GRANT SELECT ON TABLE {target} TO {role}")
-                await self._check_exact(conn, account, granted)
+                if hide_rows:
+                    schema = await self._replay_views(conn, account, granted, hide_rows)
+                else:
+                    schema = SCHEMA
+                    await conn.execute(f"GRANT USAGE ON SCHEMA {quote_ident(SCHEMA)} TO {role}")
+                    for table in granted:
+                        target = f"{quote_ident(SCHEMA)}.{quote_ident(table)}"
+                        await conn.execute(f"GRANT SELECT ON TABLE {target} TO {role}")
+                await self._check_exact(conn, account, granted, schema)
         except _DB_ERRORS as exc:
             raise BackendError(
                 f"issuing {account} failed: {type(exc).__name__}: "
@@ -328,12 +403,40 @@ class PostgresBackend:
         )
         return IssueResult(granted=granted, refused=refused)
 
+    async def _replay_views(
+        self, conn: asyncpg.Connection, account: str, granted: list[str], hide_rows: int
+    ) -> str:
+        """The replay account's schema of views (made afresh), granted to it; its name."""
+        role, views = quote_ident(account), quote_ident(account)
+        hidden = quote_ident(hidden_schema(account))
+        await conn.execute(f"DROP SCHEMA IF EXISTS {views} CASCADE")
+        await conn.execute(f"DROP SCHEMA IF EXISTS {hidden} CASCADE")
+        await conn.execute(f"CREATE SCHEMA {views}")
+        await conn.execute(f"CREATE SCHEMA {hidden}")
+        for table in granted:
+            name = quote_ident(table)
+            key_column = await conn.fetchval(_PRIMARY_KEY, SCHEMA, table)
+            # Without a one-column primary key a row is named by its place (ctid), which an
+            # UPDATE during the run moves: documented for operators.
+            key = quote_ident(key_column) if key_column is not None else "ctid"
+            source = f"{quote_ident(SCHEMA)}.{name}"
+            # Quoted identifiers and an int only.
+            choose = f"SELECT {key} AS key FROM {source} ORDER BY random() LIMIT {int(hide_rows)}"  # noqa: S608
+            await conn.execute(f"CREATE TABLE {hidden}.{name} AS {choose}")
+            keep = f"SELECT * FROM {source} WHERE {key} NOT IN (SELECT key FROM {hidden}.{name})"  # noqa: S608
+            await conn.execute(f"CREATE VIEW {views}.{name} WITH (security_barrier) AS {keep}")
+            await conn.execute(f"GRANT SELECT ON TABLE {views}.{name} TO {role}")
+        await conn.execute(f"GRANT USAGE ON SCHEMA {views} TO {role}")
+        # Unqualified names resolve to the views, so the job's queries run unchanged.
+        await conn.execute(f"ALTER ROLE {role} SET search_path = {views}")
+        return account
+
     async def _check_exact(
-        self, conn: asyncpg.Connection, account: str, granted: list[str]
+        self, conn: asyncpg.Connection, account: str, granted: list[str], schema: str = SCHEMA
     ) -> None:
         # The server's own privilege functions, PUBLIC's grants included, must show nothing
-        # beyond SELECT on `granted`; raising rolls the whole issue back.
-        extra = await conn.fetch(_EXTRA_PRIVILEGES, account, SCHEMA, granted)
+        # beyond SELECT on `granted` (of `schema`); raising rolls the whole issue back.
+        extra = await conn.fetch(_EXTRA_PRIVILEGES, account, schema, granted)
         if not extra:
             return
         what = ", ".join(
@@ -363,12 +466,17 @@ class PostgresBackend:
         """Every account secd issued on this server that still exists (for the sweeper)."""
         pool = await self._get_pool()
         try:
+            # A replay account's schema without its role (an interrupted revoke) is listed too,
+            # by the account's name, so that the sweeper's revoke drops it.
             rows = await pool.fetch(
-                "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname LIKE 'secd\\_r%'"
+                "SELECT rolname::text AS name FROM pg_catalog.pg_roles"
+                " WHERE rolname LIKE 'secd\\_r%'"
+                " UNION SELECT nspname::text FROM pg_catalog.pg_namespace"
+                " WHERE nspname LIKE 'secd\\_r%\\_n'"
             )
         except _DB_ERRORS as exc:
             raise BackendError(f"listing accounts failed: {type(exc).__name__}") from None
-        return sorted(r["rolname"] for r in rows if ACCOUNT_PATTERN.fullmatch(r["rolname"]))
+        return sorted(r["name"] for r in rows if ACCOUNT_PATTERN.fullmatch(r["name"]))
 
     async def revoke(self, account: str) -> None:
         """Forbid login, end every session of `account`, drop what it owns, then drop it."""
@@ -394,6 +502,7 @@ class PostgresBackend:
     async def _revoke_locked(self, conn: asyncpg.Connection, account: str, role: str) -> None:
         oid = await conn.fetchval("SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", account)
         if oid is None:
+            await self._drop_replay_schemas(conn, account)
             return
         # Committed on its own first, so no new session can start while old ones end.
         await conn.execute(f"ALTER ROLE {role} NOLOGIN")
@@ -402,9 +511,19 @@ class PostgresBackend:
             await conn.execute(_GRANTS_TURN, _GRANTS_LOCK)
             if await conn.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1", oid):
                 await conn.execute(f"DROP OWNED BY {role}")
+                await self._drop_replay_schemas(conn, account)
                 await conn.execute(f"DROP ROLE IF EXISTS {role}")
         # A session that slipped in between is keyed by oid, which outlives the name.
         await self._terminate(conn, account, oid)
+
+    async def _drop_replay_schemas(self, conn: asyncpg.Connection, account: str) -> None:
+        # The views and the hidden keys are the administrator's, not the account's: DROP OWNED
+        # leaves them, so a replay account's two schemas are dropped by name.
+        if is_replay_account(account):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(account)} CASCADE")
+            await conn.execute(
+                f"DROP SCHEMA IF EXISTS {quote_ident(hidden_schema(account))} CASCADE"
+            )
 
     async def _terminate(self, conn: asyncpg.Connection, account: str, oid: int) -> None:
         # Signal every session at once, then poll: pg_terminate_backend's own timeout waits in
