@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -337,6 +337,11 @@ class AirlockConfig(_Section, frozen=True):
     auto_release: bool = True
     # Officers needed to release a file held for review, or to override a block.
     reviewers: int = 2
+    # Neighbour replay: the executor runs the job a second time on the granted tables less
+    # `neighbour_replay_rows` random rows of each, and a declared file that differs is held.
+    # "opt-in": for projects whose secd.yml says `replay: true`; "always"; "off".
+    neighbour_replay: Literal["off", "opt-in", "always"] = "opt-in"
+    neighbour_replay_rows: int = 3
     # The checks' thresholds (secd_airlock.checks.Rules field names): sizes, rows, counts, ...
     rules: dict[str, float] = msgspec.field(default_factory=dict)
     # Folder of the airlock's working copies (outputs being checked; removed after).

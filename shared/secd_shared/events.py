@@ -100,6 +100,8 @@ class RunSpec(Struct, frozen=True, kw_only=True):
     limits: RequestedLimits | None = None
     # secd.yml's `outputs:`; a file the job writes that matches none is never released.
     outputs: list[DeclaredOutput] = msgspec.field(default_factory=list)
+    # secd.yml's `replay:`: run the job again without a few random rows (neighbour replay).
+    replay: bool = False
 
 
 class RunPlan(Struct, frozen=True, kw_only=True):
@@ -194,6 +196,10 @@ class CredentialsIssued(Payload, frozen=True, tag="credentials.issued"):
     granted: list[str]
     refused: list[Refusal]
     expires_at: datetime
+    # Neighbour replay: a second account reading the granted tables less a few random rows
+    # (which ones is never in an event), its password sealed like the first; None: no replay.
+    replay_account: str | None = None
+    replay_sealed_password: str | None = None
 
 
 class RunStarted(Payload, frozen=True, tag="run.started"):
@@ -210,6 +216,10 @@ class RunFinished(Payload, frozen=True, tag="run.finished"):
     # What the job wrote (a tree artifact) and its log (an artifact), by digest.
     outputs: str = ""
     log: str = ""
+    # Neighbour replay: what the second run wrote and its log, by digest; "" when none ran.
+    # The replay's log is for officers only.
+    replay_outputs: str = ""
+    replay_log: str = ""
 
 
 class RunFailed(Payload, frozen=True, tag="run.failed"):

@@ -95,6 +95,17 @@ def test_gpu_bad(value):
     assert refused(f"gpu: {value}").startswith("secd.yml: gpu must be")
 
 
+def test_replay_true_or_false():
+    assert parse_spec("replay: true").replay is True
+    assert parse_spec("replay: false").replay is False
+    assert parse_spec("runfor: 1").replay is False
+
+
+@pytest.mark.parametrize("value", ["1", "yes please", "'true'", "[true]", "~"])
+def test_replay_bad(value):
+    assert refused(f"replay: {value}").startswith("secd.yml: replay must be true or false")
+
+
 @pytest.mark.parametrize(
     ("value", "stored"),
     [("models", "models"), ("a/b/c", "a/b/c"), ("./x/", "x"), ("'weird name'", "weird name")],

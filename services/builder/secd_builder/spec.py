@@ -29,6 +29,7 @@ KEYS: tuple[str, ...] = (
     "database",
     "limits",
     "outputs",
+    "replay",
 )
 
 # The sandbox's own directories: a cache mounted on or under one would hide or replace it.
@@ -257,6 +258,15 @@ def _outputs(value: Any) -> list[DeclaredOutput]:
     return declared
 
 
+def _replay(value: Any) -> bool:
+    # Only YAML's true and false: `replay: 1` or `replay: "yes"` is a typo, not a choice.
+    if not isinstance(value, bool):
+        raise _fail(
+            "replay", "must be true or false (neighbour replay; see docs/researcher.md)", value
+        )
+    return value
+
+
 def parse_spec(
     text: str | None, *, max_runfor_h: float = 24.0, max_limits: Limits | None = None
 ) -> RunSpec:
@@ -300,4 +310,6 @@ def parse_spec(
         fields["limits"] = _limits(data["limits"], max_limits or LimitsConfig().maximum())
     if "outputs" in data:
         fields["outputs"] = _outputs(data["outputs"])
+    if "replay" in data:
+        fields["replay"] = _replay(data["replay"])
     return RunSpec(**fields)

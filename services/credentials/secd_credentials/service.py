@@ -14,8 +14,13 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from secd_credentials.accounts import ACCOUNT_PREFIX, account_name, new_password
-from secd_credentials.backends import Backend, backend_for
+from secd_credentials.accounts import (
+    account_name,
+    new_password,
+    replay_account_name,
+    run_id_of,
+)
+from secd_credentials.backends import Backend, ReplayBackend, backend_for
 from secd_credentials.groups import grants_for
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config, ConfigError
@@ -56,6 +61,14 @@ class Credentials:
         self.producer = producer_for("credentials")
         # An account with no credentials.issued this old cannot belong to a run in progress.
         self.orphan_after_s = hours_to_s(config.builder.max_runfor_h) + config.builder.timeout_s
+        # Neighbour replay ([airlock]): which runs get a second account, and how many rows of
+        # each table it does not see.
+        self.replay_mode = config.airlock.neighbour_replay
+        self.replay_rows = config.airlock.neighbour_replay_rows
+        if not 1 <= self.replay_rows <= 10_000:
+            raise ConfigError(
+                f"airlock.neighbour_replay_rows must be 1..10000, not {self.replay_rows!r}"
+            )
         self.backends: dict[str, Backend] = (
             dict(backends)
             if backends is not None
@@ -114,6 +127,23 @@ class Credentials:
         log.info(
             "issued %s with %d tables", account, len(result.granted), extra={"run_id": event.run_id}
         )
+        replay_account = replay_sealed = None
+        if self.replay_mode == "always" or (
+            self.replay_mode == "opt-in" and built.plan.spec.replay
+        ):
+            replay_account = replay_account_name(event.run_id)
+            replay_password = new_password()
+            await self._issue_replay(
+                backend,
+                name,
+                account,
+                replay_account,
+                replay_password,
+                result.granted,
+                expires_at=expires_at,
+                statement_timeout_s=max(1, math.ceil(runfor_s + self.settings.grace_s)),
+            )
+            replay_sealed = seal(self.settings.executor_public_key, replay_password)
         return [
             CredentialsIssued(
                 plan=built.plan,
@@ -124,8 +154,51 @@ class Credentials:
                 granted=result.granted,
                 refused=refused,
                 expires_at=expires_at,
+                replay_account=replay_account,
+                replay_sealed_password=replay_sealed,
             )
         ]
+
+    async def _issue_replay(
+        self,
+        backend: Backend,
+        database: str,
+        account: str,
+        replay_account: str,
+        password: str,
+        granted: list[str],
+        *,
+        expires_at: datetime,
+        statement_timeout_s: int,
+    ) -> None:
+        """The run's neighbour-replay account, on the same tables; the run fails (both accounts
+        revoked) where the database cannot have one."""
+        if not isinstance(backend, ReplayBackend):
+            await backend.revoke(account)
+            raise PermanentError(
+                f"neighbour replay is not available on {backend.kind} database {database!r} yet"
+                " (PostgreSQL only); remove `replay: true` from secd.yml, or ask the operator"
+                " about [airlock] neighbour_replay"
+            )
+        try:
+            replay = await backend.issue_replay(
+                replay_account,
+                password,
+                granted,
+                hide_rows=self.replay_rows,
+                expires_at=expires_at,
+                max_connections=self.settings.max_connections,
+                statement_timeout_s=statement_timeout_s,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await backend.revoke(replay_account)
+            raise
+        if replay.granted != granted:
+            await backend.revoke(replay_account)
+            raise TransientError(
+                f"the replay account of database {database!r} got other tables than the run's"
+            )
 
     @skips_if("credentials.revoked")
     async def on_ended(self, stored: StoredEvent) -> list[CredentialsRevoked]:
@@ -139,6 +212,8 @@ class Credentials:
         backend = self.backends.get(payload.database)
         if backend is None:
             raise TransientError(f"database {payload.database!r} is no longer configured")
+        if payload.replay_account:
+            await self._revoke(backend, payload.replay_account, cause=stored)
         await self._revoke(backend, payload.account, cause=stored)
         return [CredentialsRevoked(account=payload.account, backend=backend.kind)]
 
@@ -183,7 +258,7 @@ class Credentials:
                 log.warning("sweep of %s skipped: %s", name, exc)
                 continue
             for account in accounts:
-                run_id = account.removeprefix(ACCOUNT_PREFIX)
+                run_id = run_id_of(account)
                 run = await self.bus.read_run(run_id)
                 issued = _first(run, "credentials.issued")
                 lease = issued.event.payload if issued is not None else None
@@ -206,7 +281,8 @@ class Credentials:
                     log.warning("sweeper could not revoke %s yet: %s", account, exc)
                     continue
                 revoked.append(account)
-                if issued is not None and _first(run, "credentials.revoked") is None:
+                primary = isinstance(lease, CredentialsIssued) and lease.account == account
+                if primary and _first(run, "credentials.revoked") is None:
                     assert cause is not None  # `issued` is one of its choices
                     done = CredentialsRevoked(account=account, backend=backend.kind)
                     await self.bus.publish(self._event(done, cause))

@@ -11,7 +11,7 @@ from secd_shared.config import DatabaseConfig
 from secd_shared.dbkind import db_kind, facts
 from secd_shared.secret import reveal
 
-from .base import Backend, BackendError, IssueResult
+from .base import Backend, BackendError, IssueResult, ReplayBackend
 from .mariadb import MariaDBBackend, MariaDBSettings
 from .memory import MemoryBackend, MemorySession
 from .neo4j import Neo4jBackend, Neo4jSettings
@@ -30,6 +30,7 @@ __all__ = [
     "Neo4jSettings",
     "PostgresBackend",
     "PostgresSettings",
+    "ReplayBackend",
     "backend_for",
     "backend_settings",
     "make_backend",

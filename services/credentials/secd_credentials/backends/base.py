@@ -18,6 +18,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "IssueResult",
+    "ReplayBackend",
     "check_account",
     "check_issue_args",
     "redact",
@@ -74,6 +75,25 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Close the admin connections."""
+        ...
+
+
+@runtime_checkable
+class ReplayBackend(Backend, Protocol):
+    """A backend that can also issue a run's neighbour-replay account (PostgreSQL, memory)."""
+
+    async def issue_replay(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        hide_rows: int,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """As `issue`, but each table reads without `hide_rows` rows chosen at random."""
         ...
 
 

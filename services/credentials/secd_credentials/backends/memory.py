@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from typing import Any
 from secd_shared.dbkind import DbKind, db_kind
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import ACCOUNT_PATTERN, ACCOUNT_PREFIX
+from ..accounts import ACCOUNT_PATTERN, ACCOUNT_PREFIX, is_replay_account
 from .base import IssueResult, check_account, check_issue_args, split_tables
 
 __all__ = ["MemoryBackend", "MemorySession"]
@@ -35,6 +36,8 @@ class _Account:
     max_connections: int
     statement_timeout_s: int | None
     sessions: set[MemorySession] = field(default_factory=set)
+    # Neighbour replay: per table, the positions of the rows this account does not see.
+    hidden: dict[str, frozenset[int]] = field(default_factory=dict)
 
 
 def _digest(password: str) -> bytes:
@@ -58,7 +61,8 @@ class MemorySession:
         account = self._backend._accounts.get(self.account)
         if account is None or table not in account.tables:
             raise PermissionError(f"permission denied for table {table}")
-        return list(self._backend.tables[table])
+        hidden = account.hidden.get(table, frozenset())
+        return [row for i, row in enumerate(self._backend.tables[table]) if i not in hidden]
 
     def close(self) -> None:
         """End the session; safe to call twice."""
@@ -131,6 +135,41 @@ class MemoryBackend:
             sessions=previous.sessions if previous is not None else set(),
         )
         return IssueResult(granted=granted, refused=refused)
+
+    async def issue_replay(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        hide_rows: int,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """As `issue`; each table then reads without `hide_rows` rows chosen at random."""
+        if not is_replay_account(account):
+            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
+        if type(hide_rows) is not int or not 1 <= hide_rows <= 10_000:
+            raise ValueError(f"hide_rows must be an int in 1..10000, not {hide_rows!r}")
+        result = await self.issue(
+            account,
+            password,
+            tables,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+        )
+        chooser = random.SystemRandom()
+        self._accounts[account].hidden = {
+            table: frozenset(
+                chooser.sample(
+                    range(len(self.tables[table])), min(hide_rows, len(self.tables[table]))
+                )
+            )
+            for table in result.granted
+        }
+        return result
 
     async def revoke(self, account: str) -> None:
         """End every session of `account` and drop it; a no-op when it does not exist."""
