@@ -140,9 +140,12 @@ class Credentials:
                 replay_account,
                 replay_password,
                 result.granted,
-                expires_at=expires_at,
+                # The replay runs after the run, for as long again: its lease (and the one the
+                # event records, which the sweeper goes by) covers both.
+                expires_at=expires_at + timedelta(seconds=runfor_s),
                 statement_timeout_s=max(1, math.ceil(runfor_s + self.settings.grace_s)),
             )
+            expires_at += timedelta(seconds=runfor_s)
             replay_sealed = seal(self.settings.executor_public_key, replay_password)
         return [
             CredentialsIssued(

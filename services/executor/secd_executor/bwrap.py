@@ -243,6 +243,8 @@ class BwrapRuntime:
             "DB_PORT": str(request.db_port),
             "DB_NAME": request.db_name,
         }
+        if request.seed:
+            environment["SECD_SEED"] = request.seed
         if run.cache is not None:
             # Where secd.cache finds the mounted cache; without it, it caches nothing.
             environment["SECD_CACHE_DIR"] = request.mount_path
@@ -262,9 +264,11 @@ class BwrapRuntime:
             limits=request.limits,
             cgroups=self.cgroups,
         )
-        shipper = LogShipper(self.bus, request.run_id, request.log_path)
+        # A replay's log is for officers only: never on the job-log stream.
+        shipper = None if request.replay else LogShipper(self.bus, request.run_id, request.log_path)
         await relay.start()
-        shipper.start()
+        if shipper is not None:
+            shipper.start()
         try:
             result = await run_sandboxed(spec, request.log_path, on_start=on_start)
         except SandboxError as exc:
@@ -272,7 +276,8 @@ class BwrapRuntime:
         finally:
             # The account is revoked next; the relay goes first so no connection outlives the run.
             await relay.close()
-            await shipper.stop()
+            if shipper is not None:
+                await shipper.stop()
         run.disk_exceeded = result.limit == "disk"
         return RunOutcome(
             exit_code=result.exit_code,

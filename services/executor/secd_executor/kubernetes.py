@@ -143,6 +143,7 @@ class KubernetesExecutor:
         if request.gpu > 0:
             limits["nvidia.com/gpu"] = str(request.gpu)
         env = [
+            *([{"name": "SECD_SEED", "value": request.seed}] if request.seed else []),
             {"name": "DB_USER", "value": request.db_user},
             {
                 "name": "DB_PASS",

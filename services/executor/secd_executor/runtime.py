@@ -15,6 +15,8 @@ stub (stub.py) plug into it, and one contract suite (tests/contracts) runs again
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -34,11 +36,18 @@ from secd_shared.sealing import load_private_key, unseal
 from secd_shared.service import producer_for
 from secd_shared.worker import PermanentError, skips_if
 
-__all__ = ["ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor"]
+__all__ = ["REPLAY_SUFFIX", "ExecutorAPI", "RunOutcome", "RunRequest", "RuntimeExecutor", "seed_of"]
 
 log = logging.getLogger("secd.executor")
 
 DEFAULT_LIMITS = LimitsConfig().defaults()
+# The replay's own name where a runtime needs one (folders, uids, Kubernetes objects).
+REPLAY_SUFFIX = "-replay"
+
+
+def seed_of(run_id: str) -> str:
+    """The run's SECD_SEED: 32 bits from its id, in decimal (numpy, random and R accept it)."""
+    return str(int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16))
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,11 @@ class RunRequest:
     source: str = ""
     # What the run may use (the site's defaults, the project's secd.yml, the site's maximum).
     limits: Limits = DEFAULT_LIMITS
+    # SECD_SEED in the job's environment: the same in a run and its neighbour replay.
+    seed: str = ""
+    # A run's neighbour replay: its run_id is "<run_id>-replay", its log is never shipped to
+    # the job-log stream (the researcher never sees it), and it gets no cache.
+    replay: bool = False
 
     @property
     def runfor_s(self) -> float:
@@ -162,6 +176,27 @@ class RuntimeExecutor:
             environment=plan.environment,
             source=plan.source,
             limits=resolve_limits(self.limits, spec.limits),
+            seed=seed_of(event.run_id),
+        )
+
+    def replay_request(self, stored: StoredEvent, request: RunRequest) -> RunRequest | None:
+        """The run's neighbour replay: the same job and seed as the replay account, in folders
+        of its own and without the cache (a channel from the run to its replay); None if the
+        run has no replay account."""
+        issued = stored.event.payload
+        assert isinstance(issued, CredentialsIssued)
+        if not issued.replay_account or not issued.replay_sealed_password:
+            return None
+        run_dir = self.runs_dir / (request.run_id + REPLAY_SUFFIX)
+        return dataclasses.replace(
+            request,
+            run_id=request.run_id + REPLAY_SUFFIX,
+            db_user=issued.replay_account,
+            db_password=unseal(self.key, issued.replay_sealed_password),
+            cache_dir=None,
+            output_dir=run_dir / "output",
+            log_path=run_dir / "job.log",
+            replay=True,
         )
 
     # A redelivery after a crash before the ack: a job runs at most once to its end, and a run
@@ -224,7 +259,44 @@ class RuntimeExecutor:
                 exit_code=outcome.exit_code,
                 **common,
             )
-        return [RunFinished(exit_code=0, duration_s=round(outcome.duration_s, 3), **common)]
+        replay = self.replay_request(stored, request)
+        replay_outputs, replay_log = ("", "") if replay is None else await self._replay(replay)
+        return [
+            RunFinished(
+                exit_code=0,
+                duration_s=round(outcome.duration_s, 3),
+                replay_outputs=replay_outputs,
+                replay_log=replay_log,
+                **common,
+            )
+        ]
+
+    async def _replay(self, request: RunRequest) -> tuple[str, str]:
+        """Run the neighbour replay to its end, whatever its end: what it wrote and its log
+        (the airlock holds every file when they differ or are missing, never fails the run)."""
+        request.output_dir.mkdir(parents=True, exist_ok=True)
+
+        async def started() -> None:
+            log.info("neighbour replay started", extra={"run_id": request.run_id})
+
+        try:
+            await self.runtime.prepare(request)
+            outcome = await self.runtime.execute(request, started)
+            if outcome.started:
+                await self.runtime.collect(request)
+            if outcome.reason is not None or outcome.exit_code != 0:
+                log.info(
+                    "neighbour replay ended with code %s: %s",
+                    outcome.exit_code,
+                    outcome.reason or "exited",
+                    extra={"run_id": request.run_id},
+                )
+            return await self._store_results(request)
+        except PermanentError as exc:
+            log.warning("neighbour replay did not run: %s", exc, extra={"run_id": request.run_id})
+            return "", ""
+        finally:
+            await self._forget(request)
 
     async def _store_results(self, request: RunRequest) -> tuple[str, str]:
         """The output folder (as a tree) and the job log into the artifact store."""
