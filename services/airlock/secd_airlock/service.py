@@ -15,6 +15,7 @@ markers; officers see the whole log in the artifact store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -36,8 +37,10 @@ from secd_airlock.checks import (
     check_outputs,
     worst,
 )
+from secd_airlock.checks import replay as replay_check
 from secd_airlock.checks.canaries import Canaries, canary_key
 from secd_airlock.checks.differencing import ReleasedTable
+from secd_airlock.checks.filetype import reencode_image
 from secd_airlock.checks.identifiers import check_identifier_values
 from secd_airlock.checks.models import Attacker, check_model
 from secd_airlock.checks.sdc import SIDECAR_SUFFIX
@@ -67,6 +70,7 @@ from secd_shared.events import (
     OutputsWithheld,
     ReleasedFile,
     ReviewRecorded,
+    RunFinished,
     Verdict,
     WithheldFile,
 )
@@ -216,6 +220,7 @@ class Airlock:
             self.rules,
         )
         report = await self._check_models(report, files, issued)
+        report = await self._check_replay(report, files, payload, issued)
         events = await self._outcome(report, index, files, oversized, undeclared, source_note)
         released_now = {f.sha256 for e in events if isinstance(e, OutputsReleased) for f in e.files}
         for file, _digest in files:
@@ -270,6 +275,54 @@ class Airlock:
                 )
                 log.info("model checked: %s in %.1f s", model.verdict, model.seconds)
             checked.append(file_report)
+        return dataclasses.replace(report, files=tuple(checked))
+
+    async def _check_replay(
+        self,
+        report: Report,
+        files: list[tuple[OutputFile, str]],
+        ended: object,
+        issued: CredentialsIssued | None,
+    ) -> Report:
+        """Neighbour replay (secd_airlock.checks.replay): each declared file against the
+        replay run's file of the same name. A run that had a replay account but no replay to
+        compare with (it failed, or the replay did not run) has every file held for review."""
+        if issued is None or not issued.replay_account or not report.files:
+            return report
+        tree = ended.replay_outputs if isinstance(ended, RunFinished) else ""
+        theirs: dict[str, bytes] = {}
+        if tree:
+            try:
+                manifest = await self.store.get_bytes(tree, max_bytes=MAX_MANIFEST_BYTES)
+                wanted = {f.name for f, _ in files}
+                for entry in Tree.decode(manifest).files:
+                    if entry.path in wanted and entry.size <= self.rules.max_file_bytes:
+                        theirs[entry.path] = await self.store.get_bytes(
+                            entry.digest, max_bytes=self.rules.max_file_bytes
+                        )
+            except ArtifactError as exc:
+                raise PermanentError(f"the replay's outputs cannot be read: {exc}") from None
+        checked = []
+        for file_report in report.files:
+            if not tree:
+                finding = replay_check.missing_replay(
+                    "no replay run to compare with (the run failed or its replay did not run)"
+                )
+            else:
+                other = theirs.get(file_report.name)
+                mine = next(f.data for f, _ in files if f.name == file_report.name)
+                if other is not None and file_report.kind == "figure" and file_report.release:
+                    # Compared as released: both images without their metadata.
+                    mine = file_report.release
+                    with contextlib.suppress(Exception):
+                        other = await asyncio.to_thread(reencode_image, other)
+                finding = await asyncio.to_thread(
+                    replay_check.compare, file_report.name, file_report.kind, mine, other
+                )
+            findings = (*file_report.findings, finding)
+            checked.append(
+                dataclasses.replace(file_report, findings=findings, verdict=worst(findings))
+            )
         return dataclasses.replace(report, files=tuple(checked))
 
     async def _declared_files(
