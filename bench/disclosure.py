@@ -17,8 +17,12 @@ differencing_overhead_ratio (median of --repeats, one core, this interpreter).
 
 Models (model_recall, attack_s_p50): bench/model_attacks.py runs the model corpus
 (tests/airlock/disclosure_corpus/models/) through secd_airlock.checks.models.check_model in the
-model environment (built on first use); `model_figures` calls it. replay_overhead_ratio is
-not measured by anything here yet: `nan`.
+model environment (built on first use); `model_figures` calls it.
+
+Neighbour replay (`replay_figures`): bench/overhead.py's pipeline_runs on a real stack (NATS,
+embedded PostgreSQL, bwrap), --replay-runs trivial runs without replay and then as many with
+`replay: true` (each on a stack of its own, in this process); replay_overhead_ratio is the
+median push -> results.published with replay over the median without (0 runs: `nan`).
 
 Last line:
 
@@ -75,9 +79,23 @@ def model_figures() -> ModelFigures | None:
     )
 
 
-def replay_overhead_ratio() -> float:
-    """Hook: not measured by anything in this bench yet."""
-    return math.nan
+def replay_figures(runs: int) -> float:
+    """The median wall time push -> published of the trivial job with neighbour replay over
+    the same without it (bench/overhead.py's pipeline_runs); `nan` for 0 runs."""
+    if runs <= 0:
+        return math.nan
+    import asyncio
+    import tempfile
+
+    from bench.overhead import pipeline_runs
+
+    medians = {}
+    for replay in (False, True):
+        with tempfile.TemporaryDirectory(prefix="secd-bench-replay-") as tmp:
+            pipeline, _, _ = asyncio.run(pipeline_runs(Path(tmp), runs, replay=replay))
+        medians[replay] = statistics.median(pipeline)
+        print(f"replay={replay}: median {medians[replay]:.3f} s push -> published")
+    return medians[True] / medians[False]
 
 
 def _reasons(report) -> str:
@@ -164,6 +182,9 @@ def main() -> None:
     parser.add_argument("--canary-runs", type=int, default=40)
     parser.add_argument("--released", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--replay-runs", type=int, default=5, help="trivial runs each way (0: no stack, nan)"
+    )
     args = parser.parse_args()
     index = SourceIndex.build(KEY, [patients_table()])
     cases = sdc_cases()
@@ -190,7 +211,7 @@ def main() -> None:
             model_recall=model_recall,
             benign_pass_rate=passed / benign,
             attack_s_p50=attack_s_p50,
-            replay_overhead_ratio=replay_overhead_ratio(),
+            replay_overhead_ratio=replay_figures(args.replay_runs),
         )
     )
 

@@ -60,8 +60,9 @@ SECD_YML = (
 )
 
 
-def _project(stack: Stack, root: Path) -> tuple[Path, dict]:
-    """A signing key, its keyring file, the groups, and a checkout wired to a forge repository."""
+def _project(stack: Stack, root: Path, *, replay: bool = False) -> tuple[Path, dict]:
+    """A signing key, its keyring file, the groups, and a checkout wired to a forge repository
+    (its secd.yml asking for neighbour replay when `replay`)."""
     gnupg = root / "gnupg"
     fingerprint = _make_key(gnupg)
     env = {**os.environ, "GNUPGHOME": str(gnupg)}
@@ -90,7 +91,7 @@ def _project(stack: Stack, root: Path) -> tuple[Path, dict]:
     _git(work, "config", "user.signingkey", fingerprint)
     _git(work, "remote", "add", "origin", str(bare))
     (work / "main.py").write_text(MAIN_PY)
-    (work / "secd.yml").write_text(SECD_YML)
+    (work / "secd.yml").write_text(SECD_YML + ("replay: true\n" if replay else ""))
     return work, env
 
 
@@ -135,10 +136,11 @@ def _direct_run(work: Path, out_root: Path, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def pipeline_runs(root: Path, runs: int, *, cluster: int | None = None):
+async def pipeline_runs(root: Path, runs: int, *, cluster: int | None = None, replay: bool = False):
     """Start a stack in `root`, push a warm-up run and `runs` measured ones; return the
     pipeline seconds, the stages of each (with `gate`: run.finished to outputs.released), and
-    the checkout (for the direct runs). bench/airlock.py reuses it for its gate figure."""
+    the checkout (for the direct runs). bench/airlock.py reuses it for its gate figure,
+    bench/disclosure.py (with `replay`: the project asks for neighbour replay) for its ratio."""
     stack = Stack(root / "state", accounts={getpass.getuser(): RESEARCHER}, cluster=cluster)
     stack.prepare()
     started = time.perf_counter()
@@ -147,7 +149,7 @@ async def pipeline_runs(root: Path, runs: int, *, cluster: int | None = None):
         nodes = f", NATS cluster of {cluster}" if cluster else ""
         print(f"stack started in {time.perf_counter() - started:.2f} s{nodes}")
         await _seed_patients(stack)
-        work, env = _project(stack, root)
+        work, env = _project(stack, root, replay=replay)
         creds = stack.credentials_for("auditor")
         bus = EventBus(
             await connect(
