@@ -56,7 +56,7 @@ from audit import RESEARCHERS, start_server, synthetic_run, write_log
 from secd.nats_server import free_port
 from secd_gateway.app import create_app
 from secd_gateway.projection import RunProjection
-from secd_shared.bus import LOG_STREAM, EventBus, connect, log_subject
+from secd_shared.bus import LOG_VIEW_STREAM, EventBus, connect, log_view_subject
 from secd_shared.config import Config, NatsConfig
 from secd_shared.events import decode_event, new_run_id
 from secd_shared.runs import fold_run, fold_runs
@@ -103,7 +103,7 @@ def old_app(bus: EventBus) -> FastAPI:
             raise HTTPException(404, "no such run")
         view = fold_run(run_id, [s.event for s in stored])
         if not view.log_tail and any(s.event.type == "run.started" for s in stored):
-            last = await bus.last(log_subject(run_id), stream=LOG_STREAM)
+            last = await bus.last(log_view_subject(run_id), stream=LOG_VIEW_STREAM)
             if last:
                 view.log_tail = text_tail(last)
         return view.as_dict()
