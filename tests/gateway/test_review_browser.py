@@ -16,6 +16,8 @@ try:
     from selenium import webdriver
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
 except ImportError:  # the dev extra is not installed: the marker below says so
     webdriver = None
 
@@ -39,13 +41,26 @@ def browser():
     driver.quit()
 
 
+def arrive(browser, condition) -> None:
+    """Wait for the page a click led to: a click on a form's button returns before the browser
+    has loaded the answer (seen: the next assertion read the page before)."""
+    WebDriverWait(browser, 15).until(condition, browser.page_source[-1500:])
+
+
 def sign_in(browser, url: str, name: str) -> None:
     browser.get(f"{url}/review")
     assert browser.current_url.endswith("/review/login")
     browser.find_element(By.ID, "token").send_keys(TOKENS[name])
     browser.find_element(By.ID, "sign-in").click()
-    assert browser.find_elements(By.ID, "officer"), browser.page_source[-1500:]
+    arrive(browser, expected_conditions.presence_of_element_located((By.ID, "officer")))
     assert browser.find_element(By.ID, "officer").text == name
+
+
+def approve(browser, section, reason: str) -> None:
+    """Approve the file of `section` with `reason`, and wait for the page that says so."""
+    section.find_element(By.TAG_NAME, "textarea").send_keys(reason)
+    section.find_element(By.CSS_SELECTOR, "button[value=approve]").click()
+    arrive(browser, expected_conditions.presence_of_element_located((By.ID, "notice")))
 
 
 def file_section(browser, sha256: str):
@@ -69,21 +84,20 @@ async def test_two_officers_vote_in_a_browser(nats_server, admin_bus, tmp_path, 
                 _ = browser.switch_to.alert.text
             assert not browser.find_elements(By.TAG_NAME, "script")
             assert browser.find_element(By.ID, "granted").text == "patients"
-            dump.find_element(By.TAG_NAME, "textarea").send_keys("synthetic rows, checked")
-            dump.find_element(By.CSS_SELECTOR, "button[value=approve]").click()
+            approve(browser, dump, "synthetic rows, checked")
             assert browser.find_element(By.ID, "notice").text == "Your approval is recorded."
             mine = file_section(browser, held.dump).find_element(By.CLASS_NAME, "your-vote")
             assert "approve" in mine.text
             browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
-            assert browser.current_url.endswith("/review/login")
+            arrive(browser, expected_conditions.url_contains("/review/login"))
 
         def second_officer() -> str:
             sign_in(browser, served.url, "officer-2")
             browser.get(f"{served.url}/review/{held.run_id}")
             dump = file_section(browser, held.dump)
             seen = dump.text
-            dump.find_element(By.TAG_NAME, "textarea").send_keys("agreed")
-            dump.find_element(By.CSS_SELECTOR, "button[value=approve]").click()
+            approve(browser, dump, "agreed")
+            assert browser.find_element(By.ID, "notice").text == "Your approval is recorded."
             return seen
 
         # selenium blocks: the browser runs in a thread while this loop keeps serving NATS.
