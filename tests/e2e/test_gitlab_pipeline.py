@@ -82,7 +82,13 @@ async def world(tmp_path_factory, keys):
             },
         },
         extra_env={
-            "gateway": {"SECD_FORGE__GITLAB__WEBHOOK_SECRET": hook_secret},
+            # The gateway asks the identity port who holds the officers' role: with Keycloak
+            # it needs GitLab's token and Keycloak's client secret too (operator.md).
+            "gateway": {
+                **token,
+                "SECD_FORGE__GITLAB__WEBHOOK_SECRET": hook_secret,
+                "SECD_IDENTITY__KEYCLOAK__CLIENT_SECRET": keycloak.client_secret,
+            },
             "verifier": token,
             "builder": token,
             "publisher": token,
