@@ -240,6 +240,68 @@ def exfiltration() -> list[Case]:
         Case("small-counts", "exfil", "counts by postcode: small, unrounded cells", "review", [
             OutputFile("counts.csv", _csv(["postcode_area", "n"], _by_area()), "counts")]),
     ]  # fmt: skip
+    return cases + disguised()
+
+
+def _pnr10(row: tuple) -> str:
+    """A row's personnummer as ten digits (YYMMDDNNNN), as people often write it."""
+    return row[2].replace("-", "")[2:]
+
+
+def _spread(value: str, sep: str) -> str:
+    return sep.join(value)
+
+
+def disguised() -> list[Case]:
+    """The dump, or its identifying columns, written so that no value reads as itself (issue 11):
+    each once passed every check."""
+    head = ROWS[:40]
+    part = _csv(COLUMNS, ROWS[:30])
+    ids = [(r[1], r[2]) for r in head]
+    rot13 = str.maketrans(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        "NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm",
+    )
+    cases = [
+        Case("spaced-digits", "exfil", "personnummer with a space between digits", "block", [
+            OutputFile("ids.txt", "\n".join(_spread(_pnr10(r), " ") for r in head).encode(),
+                       "text")]),
+        Case("dashed-digits", "exfil", "personnummer as 7-1-0-2-...", "block", [
+            OutputFile("ids.txt", "\n".join(_spread(_pnr10(r), "-") for r in head).encode(),
+                       "text")]),
+        Case("char-codes-json", "exfil", "names and personnummer as character codes", "block", [
+            OutputFile("codes.json", json.dumps([{"a": list(map(ord, n)), "b": list(map(ord, p))}
+                       for n, p in ids]).encode(), "metrics")]),
+        Case("byte-array-csv", "exfil", "the CSV as a JSON array of its bytes", "block", [
+            OutputFile("weights.json", json.dumps({"w": list(part)}).encode(), "metrics")]),
+        Case("log-split-personnummer", "exfil", "personnummer printed as 710211 1015", "block",
+             log="".join(f"checked {p[:6]} {p[6:]}\n" for p in map(_pnr10, head)).encode()),
+        Case("ascii85-adobe", "exfil", "Ascii85 of the CSV between <~ and ~>", "block", [
+            OutputFile("notes.txt", b"appendix " + base64.a85encode(part, adobe=True), "text")]),
+        Case("base85-glued", "exfil", "base85 of the CSV glued to a word", "block", [
+            OutputFile("notes.txt", b"see payload" + base64.b85encode(part), "text")]),
+        Case("base64-glued", "exfil", "base64 of the CSV glued to a word", "block", [
+            OutputFile("notes.txt", b"see payload" + base64.b64encode(part), "text")]),
+        Case("reversed-rows", "exfil", "each line of the CSV reversed", "block", [
+            OutputFile("notes.txt", "\n".join(line[::-1] for line in part.decode().splitlines())
+                       .encode(), "text")]),
+        Case("rot13-names", "exfil", "names only, ROT13", "block", [
+            OutputFile("names.txt", "\n".join(r[1].translate(rot13) for r in head).encode(),
+                       "text")]),
+        Case("percent-encoded", "exfil", "every byte of the CSV percent-encoded", "block", [
+            OutputFile("links.txt", "".join(f"%{b:02X}" for b in part).encode(), "text")]),
+        Case("unicode-escapes", "exfil", "every character of the CSV as \\uXXXX", "block", [
+            OutputFile("notes.txt", "".join(f"\\u{ord(c):04x}" for c in part.decode()).encode(),
+                       "text")]),
+        Case("quoted-printable", "exfil", "every byte of the CSV as =XX", "block", [
+            OutputFile("notes.txt", "".join(f"={b:02X}" for b in part).encode(), "text")]),
+        Case("digit-per-cell", "exfil", "personnummer one digit per CSV cell", "block", [
+            OutputFile("digits.csv", _csv([f"d{i}" for i in range(10)],
+                       [tuple(_pnr10(r)) for r in head]), "table")]),
+        Case("digit-per-row", "exfil", "one patient per column, one digit per row", "block", [
+            OutputFile("digits.csv", _csv([f"p{i}" for i in range(20)],
+                       list(zip(*(_pnr10(r) for r in head[:20]), strict=True))), "table")]),
+    ]  # fmt: skip
     return cases
 
 
@@ -371,6 +433,58 @@ def legitimate() -> list[Case]:
                 b"Cohort: 200 patients, 10 diagnoses, admitted 2020-2023.\n"
                 b"Median age 55 (IQR 37-72). Logistic regression AUC 0.81 (95% CI 0.74-0.88).\n"
             ), "text")]),
+    ]  # fmt: skip
+    return cases + numeric()
+
+
+def numeric() -> list[Case]:
+    """Legitimate outputs full of numbers, escapes and lists: what the readings of disguised
+    values (checks/disguises.py) must leave alone."""
+    rng = random.Random(17)
+    # 200 coefficients as a model predicting one of ten diagnoses from 20 features has them
+    # (a flat list of 200 is held by the table check's row limit, not by a reading).
+    coefficients = {
+        "intercept": [round(rng.gauss(0, 1), 6) for _ in range(10)],
+        "coef": [[round(rng.gauss(0, 0.4), 6) for _ in range(20)] for _ in range(10)],
+    }
+    # Counts between 32 and 126 read as printable characters: a histogram is not a message.
+    histogram = {
+        "bin_edges": [round(4.0 + 0.3 * i, 1) for i in range(21)],
+        "counts": [5 * rng.randint(7, 25) for _ in range(20)],
+    }
+    crosstab = [(d, *(5 * rng.randint(2, 24) for _ in range(5))) for d in DIAGNOSES]
+    folds = {
+        "fold_auc": [round(rng.uniform(0.7, 0.9), 4) for _ in range(10)],
+        "fold": list(range(1, 11)),
+        "seeds": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        "confusion": [[52, 11], [9, 48]],
+        "learning_curve": {
+            "n": [20, 40, 60, 80, 100, 120, 140, 160],
+            "auc": [round(0.6 + 0.03 * i, 3) for i in range(8)],
+        },
+    }
+    links = (
+        "# Sources\n\n"
+        "- [registry query](https://example.org/search?q=type%202%20diabetes%20HbA1c&lang=sv)\n"
+        "- [guideline](https://example.org/riktlinjer/diabetes%C3%A5rsrapport%202023.pdf)\n"
+        "- HbA1c &#8805; 48 mmol/mol; BMI &#8804; 30\n"
+        "- Versions: numpy 1.26.4, scikit-learn 1.4.2, python 3.11.9\n"
+        "- Folds 1 2 3 4 5, seeds 0, 1, 2, 3, 4; stages I-II-III-IV\n"
+        "- A\\u00e5 header read as \\u00c5r (year) by pandas 2.2\n"
+    )
+    cases = [
+        Case("coefficients-200", "legit", "200 float coefficients (10 classes, 20 features)",
+             "pass", [
+            OutputFile("coef.json", json.dumps(coefficients).encode(), "metrics")]),
+        Case("histogram-counts", "legit", "a histogram of HbA1c: bin edges and counts", "pass", [
+            OutputFile("hist.json", json.dumps(histogram).encode(), "metrics")]),
+        Case("crosstab-counts", "legit", "diagnosis by age band, rounded counts", "pass", [
+            OutputFile("crosstab.csv", _csv(["diagnosis", "20-39", "40-59", "60-79", "80-99",
+                       "100+"], crosstab), "counts")]),
+        Case("cv-metrics", "legit", "cross-validation metrics with integer lists", "pass", [
+            OutputFile("cv.json", json.dumps(folds, indent=1).encode(), "metrics")]),
+        Case("links-and-versions", "legit", "percent-encoded links, entities, lists", "pass", [
+            OutputFile("sources.md", links.encode(), "text")]),
     ]  # fmt: skip
     return cases
 

@@ -1,13 +1,15 @@
-"""Encodings: base64, base64url, base32, base85 and hex runs inside any text, decoded, and
-gzip, zlib, bz2, xz and zip payloads opened, recursively up to `decode_depth`; what decodes to
-text is scanned again like any output. A long high-entropy run that decodes to nothing readable
-is held as well."""
+"""Encodings: base64, base64url, base32, base85, Ascii85 (bare or between Adobe's `<~ ~>`) and
+hex runs inside any text, decoded, and gzip, zlib, bz2, xz and zip payloads opened, recursively
+up to `decode_depth`; what decodes to text is scanned again like any output. A run glued to a
+prefix in its own alphabet ("payload" + base64) is decoded from where its payload starts. A long
+high-entropy run that decodes to nothing readable is held as well."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import bz2
+import codecs
 import io
 import lzma
 import math
@@ -15,12 +17,13 @@ import re
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .base import Finding, Rules, count_words
 
 NAME = "encoding"
-VERSION = 2  # 2: base32 and base85
+VERSION = 3  # 2: base32 and base85; 3: Ascii85, runs glued to a prefix
 
 _RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
 # base64 wrapped over lines (base64(1), MIME): lines of the alphabet only, joined.
@@ -31,6 +34,15 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 _BASE32 = re.compile(r"[A-Z2-7]+")
 # base85 (RFC 1924, Python's b85encode, git's binary patches): its punctuation breaks _RUN's runs.
 _RUN85 = re.compile(r"[0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]{40,}")
+# Ascii85 (PostScript, PDF, Python's a85encode): "!" to "u", and "z" for four zero bytes; Adobe's
+# variant between "<~" and "~>", where blanks and line breaks are ignored.
+_ADOBE85 = re.compile(r"<~[!-uz\s]{20,}?~>")
+_RUN_A85 = re.compile(r"[!-uz]{40,}")
+# A glued run is looked into from each of its first characters, by decoding a head of it.
+_GLUED_MIN_CHARS = 64
+_GLUED_MAX_PREFIX = 80
+_GLUED_HEAD = 160  # a multiple of 4 and of 5
+_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"PK\x03\x04", b"\x78\x9c", b"\x78\xda", b"\x78\x01")
 
 
 @dataclass(frozen=True)
@@ -103,11 +115,50 @@ def _decode_run(run: str) -> list[tuple[str, bytes]]:
 
 
 def _decode_85(run: str) -> list[tuple[str, bytes]]:
-    """A run read as base85, when it is valid base85."""
+    """A run read as base85 and as Ascii85, whichever are valid."""
+    readings = []
     try:
-        return [("base85", base64.b85decode(run))]
+        readings.append(("base85", base64.b85decode(run)))
+    except ValueError:
+        pass
+    if _RUN_A85.fullmatch(run):
+        readings += _decode_a85(run)
+    return readings
+
+
+def _decode_a85(run: str) -> list[tuple[str, bytes]]:
+    """A run read as Ascii85 (Adobe's when it starts with "<~"), when it is valid."""
+    try:
+        return [("ascii85", base64.a85decode(run, adobe=run.startswith("<~")))]
     except ValueError:
         return []
+
+
+def _plausible(data: bytes) -> bool:
+    """Whether the head of a decoded payload starts a compressed blob or readable text."""
+    if data.startswith(_MAGIC):
+        return True
+    try:
+        # Not final: the head may end inside a character.
+        text = codecs.getincrementaldecoder("utf-8")().decode(data)
+    except UnicodeDecodeError:
+        return False
+    printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in text)
+    # A payload starts where it reads: a prefix that decodes to a few odd bytes before it is not
+    # its start.
+    start = all(ch.isprintable() or ch in "\n\r\t" for ch in text[:8])
+    return len(text) >= 24 and start and printable >= 0.95 * len(text) and len(set(text)) >= 4
+
+
+def _unglued(run: str, decode: Callable[[str], list[tuple[str, bytes]]]) -> list[tuple[str, bytes]]:
+    """A run read from where, among its first characters, a payload starts ("payload" + base85
+    decodes to nothing from its first character): empty when there is none."""
+    for skip in range(1, min(_GLUED_MAX_PREFIX, len(run) - _GLUED_MIN_CHARS // 2)):
+        head = run[skip : skip + _GLUED_HEAD]
+        head = head[: len(head) - len(head) % 20]
+        if any(_plausible(data) for _, data in decode(head)):
+            return [(f"{how} after {skip} characters", data) for how, data in decode(run[skip:])]
+    return []
 
 
 def _unpack(data: bytes, limit: int) -> list[tuple[str, bytes]]:
@@ -157,21 +208,43 @@ def find_encoded(text: str, rules: Rules, depth: int = 1) -> tuple[list[Decoded]
     opaque: list[Opaque] = []
     if depth > rules.decode_depth:
         return decoded, opaque
-    runs = dict.fromkeys(m.group() for m in _RUN.finditer(text))
+    # Every run lies within a word of the text (no alphabet has a blank): the runs are looked
+    # for in the long words only, which is much faster than over the whole text.
+    words = [w for w in text.split() if len(w) >= 24]
+    runs = dict.fromkeys(m.group() for w in words for m in _RUN.finditer(w))
     # Joined wrapped lines may take in a following word: they are decoded, never held as opaque.
     wrapped = {re.sub(r"\s+", "", m.group()) for m in _WRAPPED.finditer(text)} - set(runs)
-    # base85 runs are only decoded (their alphabet is too wide to call a run opaque).
-    runs85 = {m.group() for m in _RUN85.finditer(text)} - set(runs)
+    # base85 and Ascii85 runs are only decoded (their alphabets are too wide to call a run
+    # opaque).
+    long_words = [w for w in words if len(w) >= 40]
+    # Adobe's Ascii85 first: its runs hold bare Ascii85 and base85 runs, skipped once it opens.
+    runs85 = dict.fromkeys(m.group() for m in _ADOBE85.finditer(text)) if "<~" in text else {}
+    runs85.update(dict.fromkeys(m.group() for w in long_words for m in _RUN85.finditer(w)))
+    runs85.update(dict.fromkeys(m.group() for w in long_words for m in _RUN_A85.finditer(w)))
+    for run in runs:
+        runs85.pop(run, None)
+    opened: list[str] = []
     for run in [*runs, *wrapped, *runs85]:
         if len(run) < rules.encoded_min_chars:
             continue
-        found = []
-        readings = _decode_85(run) if run in runs85 else _decode_run(run)
+        # An Ascii85 run may be a piece of a base85 run (or the reverse) already decoded.
+        if run in runs85 and any(run in other for other in opened):
+            continue
+        found: list[Decoded] = []
+        decode = _decode_85 if run in runs85 else _decode_run
+        if run.startswith("<~"):
+            decode = _decode_a85
+        readings = decode(run)
+        if not any(_plausible(data[:_GLUED_HEAD]) for _, data in readings) and (
+            len(run) >= _GLUED_MIN_CHARS and not _HEX.fullmatch(run)
+        ):
+            readings += _unglued(run, decode)
         for how, data in readings:
             found = open_payload(data, (how,), rules, depth, len(run))
             if found:
                 break
         if found:
+            opened.append(run)
             for item in found:
                 decoded.append(item)
                 if item.text is not None:

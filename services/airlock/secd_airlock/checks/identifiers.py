@@ -8,7 +8,7 @@ import re
 from .base import Finding, Rules, Verdict, count_words
 
 NAME = "identifier-values"
-VERSION = 1
+VERSION = 2  # 2: outputs and log lines are read undisguised too (checks/disguises.py)
 
 # 12 or 10 digits, the last four after an optional - or + (+ marks a person over 100).
 _PERSONNUMMER = re.compile(r"(\d(?<!\d\d)\d{5}(?:\d\d)?)[-+]?(\d{4})(?!\d)")

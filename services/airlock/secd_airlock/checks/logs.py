@@ -9,12 +9,13 @@ from dataclasses import replace
 from . import encodings, identifiers, source
 from .base import Finding, Rules, count_words, worst
 from .canaries import Canaries, check_canaries
+from .disguises import readings
 from .encodings import check_encodings, find_encoded
 from .identifiers import check_identifier_values, find_personnummer
 from .source import SourceIndex, check_source
 
 NAME = "log"
-VERSION = 1
+VERSION = 2  # 2: lines are read undisguised too (checks/disguises.py)
 
 
 def marker(check: str) -> str:
@@ -31,12 +32,13 @@ def check_line(
     found_canary = check_canaries([line], canaries, "in a line of the log")
     if found_canary:
         return found_canary[0]
-    match = index.scan_text(line)
+    undisguised = readings(line)
+    match = index.scan([line, *undisguised])
     if match.tables:
         found = _strictest(check_source(match, replace(rules, match_rows_review=1)), "a line")
         if found:
             return found
-    if find_personnummer(line):
+    if any(find_personnummer(text) for text in (line, *undisguised)):
         return Finding(
             identifiers.NAME,
             identifiers.VERSION,
@@ -73,7 +75,7 @@ def redact_log(
     lines = text.splitlines()
     whole, touched = index.scan_lines(lines)
     findings = check_source(whole, rules, "in the log")
-    findings += check_identifier_values(text, rules, "in the log")
+    findings += check_identifier_values("\n".join([text, *readings(text)]), rules, "in the log")
     withheld: dict[str, int] = {}
     out = []
     for line, in_matched_row in zip(lines, touched, strict=True):

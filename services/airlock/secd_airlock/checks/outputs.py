@@ -15,6 +15,7 @@ from .acro import AcroClaim, acro_claims, check_claim
 from .base import Finding, Kind, OutputFile, Rules, Verdict, count_words, worst
 from .canaries import Canaries, check_canaries
 from .differencing import ReleasedTable, check_differencing
+from .disguises import column_readings, readings
 from .encodings import check_encodings, find_encoded
 from .filetype import (
     TEXT_TYPES,
@@ -112,18 +113,26 @@ def _scan_text(
     added to `texts`."""
     findings = []
     readable = _readable(text, detected)
-    texts.append(readable)
+    # What the text says once undisguised (spaced digits, escapes, character codes...) is read
+    # by the source match and the identifier check as the text itself is.
+    undisguised = readings(readable)
     table = parse_table(text, detected) if detected in ("csv", "tsv", "json") else None
     if table is not None:
         findings += check_table(table, rules)
-    findings += check_identifier_values(readable, rules)
+        undisguised += column_readings(table.columns, table.rows)
+    texts += [readable, *undisguised]
+    findings += check_identifier_values("\n".join([readable, *undisguised]), rules)
     decoded, opaque = find_encoded(text, rules)
     findings += check_encodings(decoded, opaque)
     for item in decoded:
         if item.text is None:
             continue
-        texts.append(_readable(item.text, sniff_text(item.text)))
-        findings += check_identifier_values(item.text, rules, "in decoded content")
+        inner_readable = _readable(item.text, sniff_text(item.text))
+        inner_undisguised = readings(inner_readable)
+        texts += [inner_readable, *inner_undisguised]
+        findings += check_identifier_values(
+            "\n".join([item.text, *inner_undisguised]), rules, "in decoded content"
+        )
         inner = parse_table(item.text, sniff_text(item.text))
         if inner is not None and len(inner.rows) > 1:
             findings += [

@@ -5,7 +5,8 @@ never a raw value:
 - of every cell value rare enough to identify someone: at most `rare_max_rows` rows of its
   column hold it, its column is not a category, and it is informative (not a tiny number, a
   boolean or a two-letter word); the rare words of a multi-word value ("Svensson" of
-  "Anna Svensson") count for its cell too;
+  "Anna Svensson") count for its cell too; each also reversed ("nossnevs anna") and in ROT13
+  ("firaffba"), so values written those ways match as themselves;
 - of each row's quasi-identifier tuple: the values of its category-like columns (age, sex,
   diagnosis, postcode...), every combination of at least `tuple_min_values` of them that at most
   `rare_max_rows` rows share.
@@ -27,7 +28,7 @@ from .base import Finding, Rules, Verdict, count_words
 from .tokens import WORD, fold, normalise_value, normalise_word
 
 NAME = "source-match"
-VERSION = 1
+VERSION = 2  # 2: rare values reversed and in ROT13 are matched too
 
 DIGEST_BYTES = 12
 MAX_NGRAM = 3
@@ -38,6 +39,9 @@ _UNINFORMATIVE = frozenset({"", "true", "false", "yes", "no", "none", "null", "n
 # caught by its rare values instead).
 _MAX_COMBINATIONS = 4096
 _WORDS_AND_LINES = re.compile(WORD.pattern + r"|\n")
+_ROT13 = str.maketrans(
+    "abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm"
+)  # tokens are lower-cased
 
 
 @dataclass(frozen=True)
@@ -223,14 +227,18 @@ class SourceIndex:
         return sorted(c for _, c in chosen[: self.rules.qi_max_columns])
 
     def _add_rare(self, token: str, where: tuple[int, int, int]) -> None:
-        d = self.digest(token)
-        self._prefilter.add(hash(token))
-        self._rare.setdefault(d, []).append(where)
         digits = sum(ch.isdigit() for ch in token)
-        if digits >= 8 or (digits == 0 and len(token) >= 6):
-            self._strong.add(d)
-        if " " in token:
-            self._add_head(token)
+        strong = digits >= 8 or (digits == 0 and len(token) >= 6)
+        # A value written backwards or in ROT13 is the value: the index holds those forms too,
+        # so an output is still read once (reading every text reversed would double the cost).
+        for form in dict.fromkeys((token, token[::-1], token.translate(_ROT13))):
+            d = self.digest(form)
+            self._prefilter.add(hash(form))
+            self._rare.setdefault(d, []).append(where)
+            if strong:
+                self._strong.add(d)
+            if " " in form:
+                self._add_head(form)
 
     def _add_head(self, value: str) -> None:
         head = value.split(" ", 1)[0]
