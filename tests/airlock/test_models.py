@@ -23,7 +23,13 @@ from types import SimpleNamespace
 import pytest
 
 from secd_airlock.checks import OutputFile, Rules, SourceIndex, Table, check_outputs, sniff
-from secd_airlock.checks.models import ALLOWED_TYPES, check_model, pickle_protocol, table_data
+from secd_airlock.checks.models import (
+    ALLOWED_TYPES,
+    check_lira,
+    check_model,
+    pickle_protocol,
+    table_data,
+)
 from secd_airlock.modelenv import ModelEnvError, ModelEnvironment
 from secd_airlock.service import Airlock
 from tests.helpers import need
@@ -238,3 +244,47 @@ def test_a_model_environment_that_cannot_start_holds_the_model(corpus, patients,
     assert report.verdict == "review"
     assert "the model attacks could not run" in _evidence(report, "review")
     assert "model_python" in _evidence(report, "review")
+
+
+def _lira(path: Path, tables: list[Table], attacker, rules: Rules = RULES):
+    data = path.read_bytes()
+    return check_lira(data, tables, rules, attacker, sniff(data))
+
+
+def test_lira_finds_a_one_nearest_neighbour_and_passes_a_regularised_model(
+    corpus, patients, model_env
+):
+    knn = _lira(corpus / "knn1.skops", [patients], model_env)
+    logreg = _lira(corpus / "logreg.skops", [patients], model_env)
+    (finding,) = knn.findings
+    assert finding.verdict in ("review", "block") and finding.evidence.startswith("LiRA")
+    assert knn.figures["auc"] > RULES.model_lira_auc_review, knn.figures
+    assert knn.figures["shadows"] == RULES.model_lira_shadows and knn.figures["rows"] == 500
+    assert f"AUC {knn.figures['auc']:.3f}" in finding.evidence
+    assert logreg.verdict == "pass", logreg.findings
+    assert logreg.figures["auc"] < RULES.model_lira_auc_review
+    assert logreg.figures["tpr_at_fpr_0.01"] < RULES.model_lira_tpr_review
+    assert knn.figures["tpr_at_fpr_0.01"] > logreg.figures["tpr_at_fpr_0.01"]
+    # Figures only: every one a number, no patient's value quoted.
+    assert all(isinstance(v, float) for v in knn.figures.values())
+    assert "P1000" not in finding.evidence
+
+
+def test_lira_thresholds_are_the_sites_rules(corpus, patients, model_env):
+    strict = Rules(model_lira_auc_block=0.0, model_lira_shadows=4)
+    report = _lira(corpus / "logreg.skops", [patients], model_env, strict)
+    assert report.verdict == "block" and report.figures["shadows"] == 4
+
+
+def test_lira_never_loads_a_pickle_and_says_why_it_could_not_run(corpus, patients, model_env):
+    report = _lira(corpus / "logreg.pkl", [patients], NoAttacks())
+    assert report.verdict == "block" and "LiRA was not run: a pickle" in _evidence(report)
+    other = Table("visits", ["visit_id", "clinic"], [(1, "a"), (2, "b")])
+    report = _lira(corpus / "logreg.skops", [other], NoAttacks())
+    assert report.verdict == "review" and "no granted table holds every feature" in _evidence(
+        report
+    )
+    missing = ModelEnvironment(Path("/nonexistent"), python=Path("/nonexistent/python"))
+    report = _lira(corpus / "logreg.skops", [patients], missing)
+    assert report.verdict == "review" and "LiRA could not run" in _evidence(report)
+    assert report.figures == {}

@@ -77,9 +77,6 @@ class Rules:
     dominance_n: int = 2
     dominance_k: float = 0.9
     p_ratio: float = 0.1
-    # synthetic patients planted per run (checks/canaries.py); their values in any output or
-    # log line block it
-    canary_rows: int = 3
     # encodings
     decode_depth: int = 3
     encoded_min_chars: int = 24
@@ -99,6 +96,13 @@ class Rules:
     model_min_leaf_rows: int = 10
     model_min_dof: int = 10
     model_max_rows: int = 20000
+    # LiRA, run when an officer asks (secd_airlock.checks.models.check_lira): its AUC that
+    # holds or blocks, its true-positive rate at a false-positive rate of 0.01 that holds
+    # (chance is 0.01), and how many shadow models it trains
+    model_lira_auc_review: float = 0.6
+    model_lira_auc_block: float = 0.75
+    model_lira_tpr_review: float = 0.05
+    model_lira_shadows: int = 16
 
 
 def worst(findings: Iterable[Finding]) -> Verdict:

@@ -8,6 +8,7 @@ ALLOWED_TYPES, and no member may be a pickle (a numpy array of objects is one). 
 then loaded, with exactly those types trusted, only in the model environment's own process
 (secd_airlock.modelenv), which runs secd_airlock.model_attacks against the granted table and
 returns figures; `attack_findings` turns them into verdicts with the figures as evidence.
+LiRA, dearer and run only when an officer asks for it on a held model, is `check_lira`.
 """
 
 from __future__ import annotations
@@ -513,6 +514,85 @@ def _membership(w: dict[str, Any], rules: Rules) -> Finding:
         f"train accuracy {float(w.get('shadow_train_acc', 0)):.2f} against "
         f"{float(w.get('shadow_test_acc', 0)):.2f} on the rows held out",
     )
+
+
+def lira_finding(figures: dict[str, Any], rules: Rules) -> Finding:
+    """The verdict of LiRA's figures (model_attacks' "lira"), the figures as evidence; an
+    attack that could not run holds the model for review, saying why."""
+    lira = figures.get("lira")
+    if not isinstance(lira, dict) or "auc" not in lira:
+        why = lira.get("error") if isinstance(lira, dict) else figures.get("error")
+        reason = str(why or figures.get("data_error") or "no figures came back")[:200]
+        return Finding(NAME, VERSION, "review", f"LiRA could not run ({reason})")
+    auc, tpr01 = float(lira["auc"]), float(lira["tpr_at_fpr_0.01"])
+    verdict: Verdict = "pass"
+    if auc >= rules.model_lira_auc_block:
+        verdict = "block"
+    elif auc >= rules.model_lira_auc_review or tpr01 >= rules.model_lira_tpr_review:
+        verdict = "review"
+    return Finding(
+        NAME,
+        VERSION,
+        verdict,
+        f"LiRA membership inference: AUC {auc:.3f}, TPR {float(lira['tpr_at_fpr_0.1']):.3f} "
+        f"at FPR 0.1, {tpr01:.3f} at FPR 0.01, {float(lira['tpr_at_fpr_0.001']):.4f} at "
+        f"FPR 0.001; {int(lira.get('shadows', 0))} shadow models on "
+        f"{int(lira.get('rows', 0)):,} rows, train accuracy "
+        f"{float(lira.get('shadow_train_acc', 0)):.2f} against "
+        f"{float(lira.get('shadow_test_acc', 0)):.2f} on the rows held out",
+    )
+
+
+# The figures of LiRA an event may carry (numbers only).
+LIRA_FIGURES = (
+    "auc",
+    "tpr_at_fpr_0.1",
+    "tpr_at_fpr_0.01",
+    "tpr_at_fpr_0.001",
+    "shadows",
+    "rows",
+    "shadow_train_acc",
+    "shadow_test_acc",
+)
+
+
+def check_lira(
+    data: bytes,
+    tables: Sequence[Table],
+    rules: Rules,
+    attacker: Attacker | None,
+    detected: str = "skops",
+) -> ModelReport:
+    """LiRA on one held model, when an officer asks: the format checks first (a file that
+    fails them is never loaded), then the attack against the granted table that holds the
+    model's features. One finding; `figures` holds LiRA's own (LIRA_FIGURES) when it ran."""
+    findings, schema = check_format(data, detected)
+    if schema is None:
+        why = findings[0].evidence if findings else "not a model"
+        return ModelReport(
+            (Finding(NAME, VERSION, "block", f"LiRA was not run: {why}"),),
+        )
+    if attacker is None:
+        return ModelReport(
+            (Finding(NAME, VERSION, "review", "LiRA could not run (no model environment)"),)
+        )
+    names = feature_names(schema)
+    payload, why = (None, "the model does not name its features: fit it on a DataFrame")
+    if names:
+        payload, why = table_data(names, tables, rules)
+    if payload is None:
+        return ModelReport((Finding(NAME, VERSION, "review", f"LiRA could not run ({why})"),))
+    params = attack_params(rules) | {"attacks": ["lira"], "shadows": int(rules.model_lira_shadows)}
+    started = time.monotonic()
+    figures = attacker.attack(data, payload, params)
+    seconds = time.monotonic() - started
+    lira = figures.get("lira")
+    kept = (
+        {k: float(lira[k]) for k in LIRA_FIGURES if isinstance(lira.get(k), int | float)}
+        if isinstance(lira, dict) and "auc" in lira
+        else {}
+    )
+    return ModelReport((lira_finding(figures, rules),), kept, seconds)
 
 
 def check_model(
