@@ -56,6 +56,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/credentials.py
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/limits.py
+	$(BIN)/python bench/runs_api.py
+	$(BIN)/python bench/airlock.py
+	$(BIN)/python bench/disclosure.py
 
 clean:
 	rm -rf $(VENV) .secd-demo
