@@ -22,7 +22,7 @@ import asyncpg
 import pymysql
 import pytest_asyncio
 
-from secd_credentials.accounts import account_name
+from secd_credentials.accounts import account_name, is_replay_account
 from secd_credentials.backends import (
     MariaDBBackend,
     MariaDBSettings,
@@ -226,6 +226,10 @@ async def my_env() -> AsyncIterator[DbEnv]:
                 admin, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", [account]
             ):
                 await my_query(admin, f"KILL CONNECTION {int(thread_id)}")
+            if is_replay_account(account):
+                # A replay account's views and hidden keys live in databases of its name.
+                for database in (account, account + "_hidden"):
+                    await my_query(admin, f"DROP DATABASE IF EXISTS `{database}`")
         for database in (env.database, env.other_database):
             await my_query(admin, f"DROP DATABASE IF EXISTS `{database}`")
         admin.close()

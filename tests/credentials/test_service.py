@@ -163,12 +163,13 @@ async def test_replay_account_is_issued_when_the_site_and_project_say_so(
 async def test_replay_on_a_database_without_it_fails_the_run_naming_it(
     nats_server, admin_bus, tmp_path
 ) -> None:
-    memory = MemoryBackend(kind="mysql", tables={"patients": ROWS})
-    credentials = await _service(nats_server, tmp_path, ["mysql-patients-read"], memory)
+    # Neo4j has no replay (PostgreSQL and MariaDB have).
+    memory = MemoryBackend(kind="neo4j", tables={"patients": ROWS})
+    credentials = await _service(nats_server, tmp_path, ["neo4j-patients-read"], memory)
     try:
         # MemoryBackend can replay; a backend that cannot is one without issue_replay.
         memory.issue_replay = None  # type: ignore[assignment]
-        with pytest.raises(PermanentError, match="neighbour replay is not available on mysql"):
+        with pytest.raises(PermanentError, match="neighbour replay is not available on neo4j"):
             await credentials.on_built(await _built(admin_bus, new_run_id(), replay=True))
         assert await memory.accounts() == []
     finally:

@@ -180,8 +180,8 @@ class Credentials:
             await backend.revoke(account)
             raise PermanentError(
                 f"neighbour replay is not available on {backend.kind} database {database!r} yet"
-                " (PostgreSQL only); remove `replay: true` from secd.yml, or ask the operator"
-                " about [airlock] neighbour_replay"
+                " (PostgreSQL and MariaDB only); remove `replay: true` from secd.yml, or ask the"
+                " operator about [airlock] neighbour_replay"
             )
         try:
             replay = await backend.issue_replay(

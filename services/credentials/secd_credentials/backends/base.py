@@ -80,7 +80,8 @@ class Backend(Protocol):
 
 @runtime_checkable
 class ReplayBackend(Backend, Protocol):
-    """A backend that can also issue a run's neighbour-replay account (PostgreSQL, memory)."""
+    """A backend that can also issue a run's neighbour-replay account (PostgreSQL, MariaDB and
+    memory; Neo4j cannot)."""
 
     async def issue_replay(
         self,

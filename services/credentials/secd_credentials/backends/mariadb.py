@@ -7,6 +7,19 @@ PUBLIC, which every account inherits: an issue is refused while PUBLIC holds any
 database (or globally), so an account never gets more than the tables it lists.
 Account-management statements cannot take bind parameters; they only hold identifiers that were
 validated and then quoted, integers, and the native-password hash secd computed itself.
+
+Neighbour replay (`issue_replay`): a run's second account, `secd_<run>_n`, reads each granted
+table through a view of the same name in a database of its own name, which the executor gives
+the replay job as its DB_NAME (MariaDB has no search_path, so unqualified names resolve in the
+connection's default database). Each view leaves out a few rows chosen at random: the server
+itself copies their keys (CREATE TABLE ... AS SELECT ... ORDER BY RAND() LIMIT k) into a second
+database, `<account>_hidden`, on which the account holds nothing, so no key passes through secd
+or sits in SQL text, and a view's definition names the hidden table, never a key. The views are
+SQL SECURITY DEFINER (the administrator), so the account needs SELECT on the views only; and
+ALGORITHM=TEMPTABLE, MariaDB's only barrier: a merged view would evaluate the account's own
+conditions (a user-variable assignment in WHERE) on the hidden rows too. A table without a
+one-column primary key has whole rows copied instead, and its view leaves out every row equal
+(NULL-safe) to one of them. Both databases go with the account on revoke.
 """
 
 from __future__ import annotations
@@ -23,10 +36,10 @@ import pymysql
 from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import ACCOUNT_PATTERN, mysql_native_hash
+from ..accounts import ACCOUNT_PATTERN, is_replay_account, mysql_native_hash
 from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
 
-__all__ = ["ACCOUNT_HOST", "MariaDBBackend", "MariaDBSettings", "quote_ident"]
+__all__ = ["ACCOUNT_HOST", "MariaDBBackend", "MariaDBSettings", "hidden_database", "quote_ident"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,19 @@ _PUBLIC_GRANTS = (
     " WHERE GRANTEE = %(public)s AND TABLE_SCHEMA = %(db)s"
 )
 _KILL_WAIT_S = 5.0
+_HIDDEN_SUFFIX = "_hidden"
+# The columns of a table's primary key (exact names are compared in Python: information_schema
+# may compare case-insensitively).
+_PRIMARY_KEY = (
+    "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS"
+    " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY'"
+)
+# Replay databases by name: a view database and a hidden one, either perhaps left alone by an
+# interrupted issue or revoke.
+_REPLAY_DATABASES = (
+    "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"
+    " WHERE SCHEMA_NAME LIKE 'secd\\_r%%\\_n' OR SCHEMA_NAME LIKE 'secd\\_r%%\\_n\\_hidden'"
+)
 
 
 class MariaDBSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,6 +113,11 @@ class _QuietCursor(aiomysql.Cursor):  # type: ignore[misc]  # aiomysql has no ty
         rows = await conn.show_warnings()
         for row in rows or ():
             log.debug("mariadb warning", extra={"code": row[1], "detail": str(row[2])})
+
+
+def hidden_database(account: str) -> str:
+    """The database holding the keys a replay account's views leave out (never readable by it)."""
+    return check_account(account) + _HIDDEN_SUFFIX
 
 
 def _user(account: str) -> str:
@@ -161,6 +192,55 @@ class MariaDBBackend:
 
         MariaDB has no VALID UNTIL: `expires_at` is checked but enforced by revoke alone.
         """
+        return await self._issue(
+            account,
+            password,
+            tables,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+            hide_rows=0,
+        )
+
+    async def issue_replay(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        hide_rows: int,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """Create or reset a replay `account`: as `issue`, but it reads each table through a view,
+        in the database of its own name, that leaves out `hide_rows` random rows (see the
+        module docstring); the replay job must connect to that database."""
+        if not is_replay_account(account):
+            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
+        if type(hide_rows) is not int or not 1 <= hide_rows <= 10_000:
+            raise ValueError(f"hide_rows must be an int in 1..10000, not {hide_rows!r}")
+        return await self._issue(
+            account,
+            password,
+            tables,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+            hide_rows=hide_rows,
+        )
+
+    async def _issue(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        expires_at: datetime,
+        max_connections: int,
+        statement_timeout_s: int | None,
+        hide_rows: int,
+    ) -> IssueResult:
         check_issue_args(
             account,
             password,
@@ -182,6 +262,10 @@ class MariaDBBackend:
         try:
             async with pool.acquire() as conn, conn.cursor(_QuietCursor) as cur:
                 await self._refuse_public_grants(cur, database)
+                if hide_rows:
+                    # PUBLIC's grants on the replay databases would reach the hidden keys.
+                    await self._refuse_public_grants(cur, account)
+                    await self._refuse_public_grants(cur, hidden_database(account))
                 granted = await self._existing_tables(cur, database, wanted, refused)
                 # Created locked: a fresh or half-reset account cannot be used until the last
                 # statement below has set its grants, password and limits together.
@@ -190,9 +274,13 @@ class MariaDBBackend:
                     f" WITH {limits} ACCOUNT LOCK"
                 )
                 await cur.execute(f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user}")
+                if hide_rows:
+                    await self._replay_views(cur, account, granted, hide_rows)
                 for table in granted:
+                    # A replay account reads the views of its own database, never the tables.
+                    where = account if hide_rows else database
                     await cur.execute(
-                        f"GRANT SELECT ON {quote_ident(database)}.{quote_ident(table)} TO {user}"
+                        f"GRANT SELECT ON {quote_ident(where)}.{quote_ident(table)} TO {user}"
                     )
                 await cur.execute(
                     f"ALTER USER {user} IDENTIFIED BY PASSWORD '{native}' WITH {limits}"
@@ -208,6 +296,74 @@ class MariaDBBackend:
             extra={"account": account, "granted": granted, "refused": len(refused)},
         )
         return IssueResult(granted=granted, refused=refused)
+
+    async def _replay_views(
+        self, cur: aiomysql.Cursor, account: str, granted: list[str], hide_rows: int
+    ) -> None:
+        """The replay account's database of views and its hidden keys, made afresh."""
+        source_db = quote_ident(self.settings.database)
+        views, hidden = quote_ident(account), quote_ident(hidden_database(account))
+        await self._drop_replay_databases(cur, account)
+        await cur.execute(f"CREATE DATABASE {views}")
+        await cur.execute(f"CREATE DATABASE {hidden}")
+        for table in granted:
+            name = quote_ident(table)
+            source, keys = f"{source_db}.{name}", f"{hidden}.{name}"
+            key = await self._primary_key(cur, table)
+            # Quoted identifiers and an int only; the server picks the rows and keeps them.
+            if key is not None:
+                column = quote_ident(key)
+                await cur.execute(
+                    f"CREATE TABLE {keys} AS SELECT {column} AS `key` FROM {source}"  # noqa: S608
+                    f" ORDER BY RAND() LIMIT {int(hide_rows)}"
+                )
+                keep = f"SELECT * FROM {source} WHERE {column} NOT IN (SELECT `key` FROM {keys})"  # noqa: S608
+            else:
+                # No one column names a row: whole rows are kept aside and matched NULL-safely
+                # (a duplicate of a left-out row is left out too).
+                await cur.execute(
+                    f"CREATE TABLE {keys} AS SELECT * FROM {source}"  # noqa: S608
+                    f" ORDER BY RAND() LIMIT {int(hide_rows)}"
+                )
+                same = " AND ".join(
+                    f"s.{quote_ident(c)} <=> h.{quote_ident(c)}"
+                    for c in await self._columns(cur, hidden_database(account), table)
+                )
+                keep = (
+                    f"SELECT * FROM {source} AS s"  # noqa: S608
+                    f" WHERE NOT EXISTS (SELECT 1 FROM {keys} AS h WHERE {same})"
+                )
+            # TEMPTABLE: the account's conditions run on the view's rows only (see above).
+            await cur.execute(
+                f"CREATE ALGORITHM = TEMPTABLE DEFINER = CURRENT_USER SQL SECURITY DEFINER"
+                f" VIEW {views}.{name} AS {keep}"
+            )
+
+    async def _primary_key(self, cur: aiomysql.Cursor, table: str) -> str | None:
+        """The column of `table`'s primary key when it has exactly one; None otherwise."""
+        database = self.settings.database
+        await cur.execute(_PRIMARY_KEY, (database, table))
+        columns = [c for s, t, c in await cur.fetchall() if (s, t) == (database, table)]
+        return columns[0] if len(columns) == 1 else None
+
+    @staticmethod
+    async def _columns(cur: aiomysql.Cursor, database: str, table: str) -> list[str]:
+        await cur.execute(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            (database, table),
+        )
+        columns = [c for s, t, c in await cur.fetchall() if (s, t) == (database, table)]
+        if not columns:
+            raise BackendError(f"internal: the hidden rows of {table} have no columns")
+        return columns
+
+    @staticmethod
+    async def _drop_replay_databases(cur: aiomysql.Cursor, account: str) -> None:
+        # Dropping a database leaves grants on its tables behind; DROP USER takes those.
+        if is_replay_account(account):
+            await cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(account)}")
+            await cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(hidden_database(account))}")
 
     @staticmethod
     async def _refuse_public_grants(cur: aiomysql.Cursor, database: str) -> None:
@@ -257,13 +413,18 @@ class MariaDBBackend:
                 await cur.execute(
                     "SELECT DISTINCT User FROM mysql.user WHERE User LIKE 'secd\\_r%%'"
                 )
-                rows = await cur.fetchall()
+                names = {r[0] for r in await cur.fetchall()}
+                # A replay database without its account (an interrupted issue or revoke) is
+                # listed by the account's name, so that the sweeper's revoke drops it.
+                await cur.execute(_REPLAY_DATABASES)
+                names.update(r[0].removesuffix(_HIDDEN_SUFFIX) for r in await cur.fetchall())
         except (pymysql.MySQLError, OSError) as exc:
             raise BackendError(f"listing accounts failed: {type(exc).__name__}") from None
-        return sorted(r[0] for r in rows if ACCOUNT_PATTERN.fullmatch(r[0]))
+        return sorted(n for n in names if ACCOUNT_PATTERN.fullmatch(n))
 
     async def revoke(self, account: str) -> None:
-        """Lock `account`, kill its connections, then drop it; every step is safe to repeat."""
+        """Lock `account`, kill its connections, then drop it (and a replay account's two
+        databases); every step is safe to repeat."""
         user = _user(account)
         pool = await self._get_pool()
         try:
@@ -273,6 +434,7 @@ class MariaDBBackend:
                 await cur.execute(f"DROP USER IF EXISTS {user}")
                 # A connection that authenticated just before the lock is killed here.
                 await self._kill_sessions(cur, account)
+                await self._drop_replay_databases(cur, account)
         except (pymysql.MySQLError, OSError) as exc:
             raise BackendError(f"revoking {account} failed: {type(exc).__name__}: {exc}") from None
         log.info("revoked mariadb account", extra={"account": account})
