@@ -36,17 +36,25 @@ def _built() -> BuildSucceeded:
     return BuildSucceeded(plan=plan, reused=False, build_log="", build_s=0.1)
 
 
-async def _run_worker(nats_server, handler, until, *, max_deliver=3):
-    """Run the builder's consumer with `handler` until `until()` is truthy."""
+ACK_WAIT_S = 2.0
+
+
+async def _run_worker(nats_server, handler, until, *, max_deliver=3, linger_s=0.0):
+    """Run the builder's consumer with `handler` until `until()` is truthy, then `linger_s`
+    longer with the worker still running: a test that says "not delivered again" lingers past
+    the ack wait, so a redelivery would reach the handler while the worker can still take it."""
     bus = await nats_server.bus("builder")
     stop = asyncio.Event()
     worker = Worker(
         bus, producer=Producer("builder", "test"), consumer="builder", handler=handler,
-        ack_wait_s=2.0, max_deliver=max_deliver,
+        ack_wait_s=ACK_WAIT_S, max_deliver=max_deliver,
     )  # fmt: skip
     task = asyncio.create_task(worker.run(stop))
     try:
-        return await wait_until(until, timeout=30)
+        reached = await wait_until(until, timeout=30)
+        await asyncio.sleep(linger_s)
+        assert not task.done(), "the worker stopped before the test was over"
+        return reached
     finally:
         stop.set()
         await task
@@ -67,7 +75,8 @@ async def test_the_next_event_is_published_chained_and_the_input_acked(nats_serv
     async def done():
         return len(await admin_bus.read_run(run_id)) == 2
 
-    await _run_worker(nats_server, handle, done)
+    # Acked: not delivered again after the ack wait (the worker still runs meanwhile).
+    await _run_worker(nats_server, handle, done, linger_s=ACK_WAIT_S + 0.5)
     first, second = await admin_bus.read_run(run_id)
     assert second.event.type == "build.succeeded"
     assert second.event.causation_id == first.event.id
@@ -75,8 +84,6 @@ async def test_the_next_event_is_published_chained_and_the_input_acked(nats_serv
 
     assert second.event.causation_hash == event_hash(first.data)
     assert second.event.actor == "alice" and second.event.producer.service == "builder"
-    # Acked: not delivered again after the ack wait.
-    await asyncio.sleep(2.5)
     assert calls == ["push.verified"]
 
 
@@ -117,8 +124,8 @@ async def test_a_permanent_fault_fails_the_run_once_with_its_reason(nats_server,
     async def done():
         return len(await admin_bus.read_run(run_id)) == 2
 
-    await _run_worker(nats_server, handle, done)
-    await asyncio.sleep(2.5)  # terminated: no redelivery after the ack wait
+    # Terminated: no redelivery after the ack wait (the worker still runs meanwhile).
+    await _run_worker(nats_server, handle, done, linger_s=ACK_WAIT_S + 0.5)
     failed = (await admin_bus.read_run(run_id))[-1].event
     assert failed.type == "run.failed"
     assert failed.payload.reason == "secd.yml: runfor must be a number"
@@ -169,7 +176,7 @@ async def test_skip_if_acks_a_run_that_already_has_the_event_without_calling_the
     stop = asyncio.Event()
     worker = Worker(
         bus, producer=Producer("credentials", "test"), consumer="credentials", handler=handle,
-        ack_wait_s=2.0, max_deliver=3,
+        ack_wait_s=ACK_WAIT_S, max_deliver=3,
     )  # fmt: skip
     assert worker.skip_if == ("run.failed",)
     task = asyncio.create_task(worker.run(stop))
