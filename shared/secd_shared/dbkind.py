@@ -38,6 +38,10 @@ class DbKindFacts:
     group_prefixes: tuple[str, ...]
     # URI schemes an operator may give (only kinds configured by URI have any).
     uri_schemes: tuple[str, ...] = ()
+    # Where a run's neighbour-replay account reads its views: True, in a database named after
+    # the account (the replay job's DB_NAME); False, in the run's database (PostgreSQL: the
+    # account's search_path).
+    replay_own_database: bool = False
 
 
 _FACTS: dict[DbKind, DbKindFacts] = {
@@ -54,6 +58,8 @@ _FACTS: dict[DbKind, DbKindFacts] = {
         default_port=3306,
         default_admin="root",
         group_prefixes=("mysql", "mariadb"),
+        # MariaDB has no search_path: unqualified names resolve in the connection's database.
+        replay_own_database=True,
     ),
     "neo4j": DbKindFacts(
         kind="neo4j",

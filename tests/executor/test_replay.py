@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from secd_executor.runtime import REPLAY_SUFFIX, RuntimeExecutor, seed_of
 from secd_executor.stub import StubJob, StubRuntime
 from secd_shared.artifacts import FolderArtifacts, Tree
@@ -25,7 +27,7 @@ from secd_shared.sealing import generate_keypair, seal
 PRODUCER = Producer("test", "1")
 
 
-async def _issued(admin_bus, tmp_path: Path, run_id: str, *, replay: bool):
+async def _issued(admin_bus, tmp_path: Path, run_id: str, *, replay: bool, kind: str = "postgres"):
     public = generate_keypair(tmp_path / "executor.key")
     plan = RunPlan(
         repository="alice/m", ref="refs/heads/main", head="a" * 40, commits=[], environment="e",
@@ -35,7 +37,7 @@ async def _issued(admin_bus, tmp_path: Path, run_id: str, *, replay: bool):
         plan=plan,
         database="sensitive",
         account=f"secd_{run_id}",
-        address=DatabaseAddress(kind="postgres", database="sensitive"),
+        address=DatabaseAddress(kind=kind, database="sensitive"),  # type: ignore[arg-type]
         sealed_password=seal(public, "first-password"),
         granted=["patients"],
         refused=[],
@@ -93,6 +95,24 @@ async def test_a_replay_run_runs_twice_and_names_both_outputs(admin_bus, tmp_pat
     assert b"second" not in await store.get_bytes(finished.log, max_bytes=1 << 20)
     # Nothing of either run stays on this machine.
     assert not request.output_dir.parent.exists() and not replay.output_dir.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "replay_database"), [("postgres", "sensitive"), ("mysql", "secd_{run_id}_n")]
+)
+async def test_the_replay_connects_to_where_its_views_are(
+    admin_bus, tmp_path, kind: str, replay_database: str
+) -> None:
+    # PostgreSQL: the run's database (the account's search_path finds its views); MariaDB: the
+    # database named after the replay account, which holds its views (no search_path there).
+    run_id = new_run_id()
+    stored = await _issued(admin_bus, tmp_path, run_id, replay=True, kind=kind)
+    executor = _executor(admin_bus, tmp_path, StubRuntime(StubJob()))
+    request = executor.request_for(stored)
+    replay = executor.replay_request(stored, request)
+    assert replay is not None
+    assert request.db_name == "sensitive"
+    assert replay.db_name == replay_database.format(run_id=run_id)
 
 
 async def test_a_run_without_a_replay_account_runs_once(admin_bus, tmp_path) -> None:

@@ -28,7 +28,7 @@ from typing import Protocol
 from secd_shared.artifacts import ArtifactStore, put_tree
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.config import Config
-from secd_shared.dbkind import DbKind, default_port
+from secd_shared.dbkind import DbKind, default_port, facts
 from secd_shared.durations import hours_to_s
 from secd_shared.events import CredentialsIssued, RunFinished, RunStarted, new_event
 from secd_shared.limits import Limits, LimitsConfig, resolve_limits
@@ -188,9 +188,13 @@ class RuntimeExecutor:
         if not issued.replay_account or not issued.replay_sealed_password:
             return None
         run_dir = self.runs_dir / (request.run_id + REPLAY_SUFFIX)
+        # Where the replay account's views are is a fact of the database's kind (MariaDB: a
+        # database named after the account), so the event needs no field of its own.
+        own_database = facts(issued.address.kind).replay_own_database
         return dataclasses.replace(
             request,
             run_id=request.run_id + REPLAY_SUFFIX,
+            db_name=issued.replay_account if own_database else request.db_name,
             db_user=issued.replay_account,
             db_password=unseal(self.key, issued.replay_sealed_password),
             cache_dir=None,
