@@ -175,6 +175,10 @@ class Stack:
         airlock_key = self.state_dir / "secrets" / "airlock.key"
         if not airlock_key.exists():
             _write_private(airlock_key, secrets.token_hex(32))
+        # The canary key ([canaries] rows > 0): read by the credentials service and the airlock.
+        canary_key = self.state_dir / "secrets" / "canary.key"
+        if not canary_key.exists():
+            _write_private(canary_key, secrets.token_hex(32))
         officers_file = self.state_dir / "secrets" / "officers.toml"
         if not officers_file.exists():
             lines = ["# officer -> sha256 of the officer's review token", "[officers]"]
@@ -214,6 +218,7 @@ class Stack:
         config["gateway"].setdefault("read_token_file", str(read_token_file))
         config["gateway"].setdefault("officers_file", str(officers_file))
         config.setdefault("airlock", {}).setdefault("key_file", str(airlock_key))
+        config.setdefault("canaries", {}).setdefault("key_file", str(canary_key))
         for section, values in self.extra_config.items():
             config.setdefault(section, {}).update(values)
         if cluster is not None and len(config["nats"]["url"].split(",")) != cluster["size"]:

@@ -28,6 +28,7 @@ __all__ = [
     "ArtifactsConfig",
     "BuildKitConfig",
     "BuilderConfig",
+    "CanariesConfig",
     "CheckpointerConfig",
     "Config",
     "ConfigError",
@@ -359,6 +360,18 @@ class AirlockConfig(_Section, frozen=True):
     model_timeout_s: float = 120.0
 
 
+class CanariesConfig(_Section, frozen=True):
+    """Canary rows (secd_shared.canaries): synthetic patients planted in each run's tables."""
+
+    # The one switch: synthetic patients per run, planted by the credentials service in every
+    # granted table with a column they can fill (PostgreSQL), and blocked by the airlock in any
+    # output or log line; 0 (the default): none, because they change a table's figures by a few.
+    rows: int = 0
+    # At least 32 random bytes that only the credentials service and the airlock read (never
+    # the airlock's fingerprint key); read only when rows > 0.
+    key_file: str = "canaries/key"
+
+
 class CheckpointerConfig(_Section, frozen=True):
     """Signed checkpoints of the log: the signing key, and how often to sign."""
 
@@ -382,6 +395,7 @@ class Config(_Section, frozen=True):
     publisher: PublisherConfig = msgspec.field(default_factory=PublisherConfig)
     checkpointer: CheckpointerConfig = msgspec.field(default_factory=CheckpointerConfig)
     airlock: AirlockConfig = msgspec.field(default_factory=AirlockConfig)
+    canaries: CanariesConfig = msgspec.field(default_factory=CanariesConfig)
     artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
     # What one run may use (memory, CPUs, processes, /tmp, disk): defaults and the site maximum.
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)

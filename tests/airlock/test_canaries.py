@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from secd_airlock.checks import OutputFile, Rules, SourceIndex, check_line, check_outputs, marker
-from secd_airlock.checks.canaries import Canaries, canary_key
+from secd_airlock.checks.canaries import Canaries
 from secd_airlock.checks.identifiers import luhn_ok
 from secd_airlock.livelog import filter_chunk
+from secd_airlock.service import load_rules
+from secd_shared.canaries import canary_key
+from secd_shared.config import ConfigError
 from tests.airlock.make_corpus import ROWS
 
 KEY = canary_key(b"site-airlock-key-0123456789abcdef")
@@ -88,3 +93,9 @@ def test_ordinary_outputs_and_real_rows_do_not_trip_the_canaries():
     # Without canaries (no key) nothing is checked.
     report = check_outputs([OutputFile("a.txt", text.encode(), "text")], b"", _index())
     assert not [f for f in report.files[0].findings if f.check == "canary"]
+
+
+def test_the_old_rule_names_the_one_switch():
+    # The count moved from the airlock's rules to [canaries] rows, which both services read.
+    with pytest.raises(ConfigError, match=r"now \[canaries\] rows"):
+        load_rules({"canary_rows": 3})

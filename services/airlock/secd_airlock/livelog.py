@@ -62,13 +62,15 @@ class LiveLog:
         rules: Rules,
         *,
         keep: int = 64,
-        canaries_key: bytes = b"",
+        canaries_key: bytes | None = None,
+        canary_rows: int = 0,
     ) -> None:
         self.bus = bus
         self.sources = sources
         self.rules = rules
         self.keep = keep
         self.canaries_key = canaries_key
+        self.canary_rows = canary_rows
         self._indexes: OrderedDict[str, SourceIndex] = OrderedDict()
         self._stop = asyncio.Event()
 
@@ -98,8 +100,8 @@ class LiveLog:
         run_id = subject.rsplit(".", 1)[-1]
         index = await self.index_for(run_id)
         canaries = (
-            Canaries.for_run(self.canaries_key, run_id, self.rules.canary_rows)
-            if self.canaries_key
+            Canaries.for_run(self.canaries_key, run_id, self.canary_rows)
+            if self.canaries_key and self.canary_rows > 0
             else None
         )
         shown, withheld = await asyncio.to_thread(filter_chunk, data, index, self.rules, canaries)

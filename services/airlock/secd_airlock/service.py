@@ -1,5 +1,5 @@
 """run.finished | run.failed -> outputs.checked, outputs.released, outputs.held;
-review.recorded -> outputs.released | outputs.withheld.
+review.recorded -> outputs.released | outputs.withheld; review.requested -> outputs.attacked.
 
 Nothing a job wrote or printed reaches the researcher without passing here. The job's outputs
 and log come from the artifact store by the digests the run's end names; only files declared in
@@ -9,7 +9,8 @@ the granted tables themselves (secd_airlock.sources). A file that passes every c
 (`[airlock] auto_release`), one with a `review` verdict waits for `reviewers` security officers,
 one with a `block` verdict for as many officers overriding it with a reason; any officer's
 rejection withholds it. The job log goes out with the lines that failed a check replaced by
-markers; officers see the whole log in the artifact store.
+markers; officers see the whole log in the artifact store. An officer may ask for a dearer
+attack on a held model (LiRA); its figures come back as outputs.attacked, for the officers.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from secd_airlock.checks import (
     worst,
 )
 from secd_airlock.checks import replay as replay_check
-from secd_airlock.checks.canaries import Canaries, canary_key
+from secd_airlock.checks.canaries import Canaries
 from secd_airlock.checks.differencing import ReleasedTable
 from secd_airlock.checks.filetype import reencode_image
 from secd_airlock.checks.identifiers import check_identifier_values
-from secd_airlock.checks.models import Attacker, check_model
+from secd_airlock.checks.models import Attacker, check_lira, check_model
 from secd_airlock.checks.sdc import SIDECAR_SUFFIX
 from secd_airlock.modelenv import ModelEnvironment
 from secd_airlock.released import FolderReleasedTables, MemoryReleasedTables, ReleasedTables
@@ -55,6 +56,7 @@ from secd_shared.artifacts import (
     artifact_store,
 )
 from secd_shared.bus import EventBus, StoredEvent
+from secd_shared.canaries import read_canary_key
 from secd_shared.config import Config, ConfigError
 from secd_shared.events import (
     AnyPayload,
@@ -64,12 +66,14 @@ from secd_shared.events import (
     DeclaredOutput,
     Event,
     HeldFile,
+    OutputsAttacked,
     OutputsChecked,
     OutputsHeld,
     OutputsReleased,
     OutputsWithheld,
     ReleasedFile,
     ReviewRecorded,
+    ReviewRequested,
     RunFinished,
     Verdict,
     WithheldFile,
@@ -95,6 +99,11 @@ def load_rules(values: dict[str, float]) -> Rules:
     """The site's `[airlock] rules`, checked against the names the checks know."""
     known = Rules.__dataclass_fields__
     for name in values:
+        if name == "canary_rows":
+            raise ConfigError(
+                "airlock.rules.canary_rows is now [canaries] rows (with [canaries] key_file, read"
+                " by the credentials service too); move it there"
+            )
         if name not in known:
             raise ConfigError(
                 f"airlock.rules.{name} is not a known rule; known: {', '.join(sorted(known))}"
@@ -161,7 +170,8 @@ class Airlock:
         reviewers: int = 2,
         models: Attacker | None = None,
         released: ReleasedTables | None = None,
-        canaries_key: bytes = b"",
+        canaries_key: bytes | None = None,
+        canary_rows: int = 0,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -174,12 +184,13 @@ class Airlock:
         # Each project's released tables (differencing), and the key of the runs' canary rows.
         self.released = released if released is not None else MemoryReleasedTables()
         self.canaries_key = canaries_key
+        self.canary_rows = canary_rows
 
     def canaries(self, run_id: str) -> Canaries | None:
-        """The run's canary rows (none without a canary key)."""
-        if not self.canaries_key or self.rules.canary_rows <= 0:
+        """The run's canary rows (none without a canary key: `[canaries] rows` = 0)."""
+        if not self.canaries_key or self.canary_rows <= 0:
             return None
-        return Canaries.for_run(self.canaries_key, run_id, self.rules.canary_rows)
+        return Canaries.for_run(self.canaries_key, run_id, self.canary_rows)
 
     async def on_ended(self, stored: StoredEvent) -> list[AnyPayload]:
         """Check what the job wrote and printed; release what passes, hold the rest."""
@@ -249,14 +260,7 @@ class Airlock:
         format, then the attacks against the granted tables, read for this and dropped after."""
         if not any(r.kind == "model" for r in report.files):
             return report
-        tables: list[Table] = []
-        if issued is not None and issued.granted and self.sources.covers(issued.database):
-            try:
-                tables = await self.sources.tables(
-                    issued.database, issued.granted, int(self.rules.model_max_rows)
-                )
-            except SourceError as exc:
-                raise TransientError(f"reading the granted tables for a model: {exc}") from None
+        tables = await self._model_tables(issued)
         data = {f.name: f.data for f, _ in files}
         checked = []
         for file_report in report.files:
@@ -276,6 +280,18 @@ class Airlock:
                 log.info("model checked: %s in %.1f s", model.verdict, model.seconds)
             checked.append(file_report)
         return dataclasses.replace(report, files=tuple(checked))
+
+    async def _model_tables(self, issued: CredentialsIssued | None) -> list[Table]:
+        """The granted tables the model attacks read (at most model_max_rows rows each), read
+        for one check and dropped after; none when the airlock cannot read the database."""
+        if issued is None or not issued.granted or not self.sources.covers(issued.database):
+            return []
+        try:
+            return await self.sources.tables(
+                issued.database, issued.granted, int(self.rules.model_max_rows)
+            )
+        except SourceError as exc:
+            raise TransientError(f"reading the granted tables for a model: {exc}") from None
 
     async def _check_replay(
         self,
@@ -522,6 +538,80 @@ class Airlock:
             done.add(item.sha256)
         return out
 
+    async def on_request(self, stored: StoredEvent) -> list[AnyPayload]:
+        """Run the attack an officer asked for (review.requested) on one held model and record
+        its figures (outputs.attacked). Never fails the run: an attack that cannot run is an
+        outputs.attacked saying why, and a review verdict."""
+        request = stored.event.payload
+        if not isinstance(request, ReviewRequested):
+            return []
+        run = await self.bus.read_run(stored.event.run_id)
+        if any(
+            isinstance(s.event.payload, OutputsAttacked)
+            and s.event.payload.request == stored.event.id
+            for s in run
+        ):
+            return []  # answered already (a redelivery)
+        events = [s.event for s in run]
+
+        def answer(verdict: Verdict, evidence: str, figures: dict[str, float]) -> OutputsAttacked:
+            return OutputsAttacked(
+                sha256=request.sha256,
+                attack=request.attack,
+                verdict=verdict,
+                evidence=evidence,
+                figures=figures,
+                request=stored.event.id,
+            )
+
+        held = any(
+            f.sha256 == request.sha256
+            for e in events
+            if isinstance(e.payload, OutputsHeld)
+            for f in e.payload.files
+        )
+        checked = next((e.payload for e in events if isinstance(e.payload, OutputsChecked)), None)
+        kind = next(
+            (f.kind for f in (checked.files if checked else []) if f.sha256 == request.sha256), ""
+        )
+        if not held or kind != "model":
+            return [
+                answer("review", f"{request.attack} was not run: the file is no held model", {})
+            ]
+        try:
+            data = await self._held_bytes(run, request.sha256)
+        except PermanentError as exc:
+            return [answer("review", f"{request.attack} was not run: {exc.reason}", {})]
+        issued = next((e.payload for e in events if isinstance(e.payload, CredentialsIssued)), None)
+        tables = await self._model_tables(issued)
+        from secd_airlock.checks import sniff
+
+        report = await asyncio.to_thread(
+            check_lira, data, tables, self.rules, self.models, sniff(data)
+        )
+        log.info("LiRA on a held model: %s in %.1f s", report.verdict, report.seconds)
+        (finding,) = report.findings
+        return [answer(finding.verdict, finding.evidence, dict(report.figures))]
+
+    async def _held_bytes(self, run: list[StoredEvent], sha256: str) -> bytes:
+        """A held file's own bytes, found by sha256 in the run's outputs tree."""
+        ended = next(
+            (s.event.payload for s in run if s.event.type in ("run.finished", "run.failed")), None
+        )
+        outputs = getattr(ended, "outputs", None)
+        if not outputs:
+            raise PermanentError("the run's outputs are gone")
+        try:
+            tree = Tree.decode(await self.store.get_bytes(outputs, max_bytes=MAX_MANIFEST_BYTES))
+            for entry in tree.files:
+                if entry.digest.removeprefix("sha256:") == sha256:
+                    return await self.store.get_bytes(
+                        entry.digest, max_bytes=self.rules.max_file_bytes
+                    )
+        except ArtifactError as exc:
+            raise PermanentError(f"the run's outputs cannot be read: {exc}") from None
+        raise PermanentError("the file is not among the run's outputs")
+
     async def _remember_held(
         self,
         events: list[Event],
@@ -591,6 +681,8 @@ async def setup(config: Config, bus: EventBus) -> tuple[Handlers, Callable[[], A
     try:
         rules = load_rules(settings.rules)
         key = read_key(config.path(settings.key_file))
+        # Its own key, which the credentials service reads too (never the fingerprint key).
+        canaries_key = read_canary_key(config)
     except (ConfigError, OSError) as exc:
         raise SystemExit(f"secd-airlock: {exc}") from None
     sources = Sources(settings.databases, key, rules)
@@ -607,13 +699,19 @@ async def setup(config: Config, bus: EventBus) -> tuple[Handlers, Callable[[], A
             timeout_s=settings.model_timeout_s,
         ),
         released=FolderReleasedTables(config.path(settings.released_dir)),
-        canaries_key=canary_key(key),
+        canaries_key=canaries_key,
+        canary_rows=config.canaries.rows,
     )
-    live = LiveLog(bus, sources, rules, canaries_key=canary_key(key))
+    live = LiveLog(bus, sources, rules, canaries_key=canaries_key, canary_rows=config.canaries.rows)
     task = asyncio.create_task(live.run())
 
     async def stop() -> None:
         live.stop()
         await asyncio.gather(task, return_exceptions=True)
 
-    return {"airlock": airlock.on_ended, "airlock-reviews": airlock.on_review}, stop
+    handlers: Handlers = {
+        "airlock": airlock.on_ended,
+        "airlock-reviews": airlock.on_review,
+        "airlock-requests": airlock.on_request,
+    }
+    return handlers, stop

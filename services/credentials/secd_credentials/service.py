@@ -20,9 +20,16 @@ from secd_credentials.accounts import (
     replay_account_name,
     run_id_of,
 )
-from secd_credentials.backends import Backend, ReplayBackend, backend_for
+from secd_credentials.backends import (
+    Backend,
+    CanaryBackend,
+    IssueResult,
+    ReplayBackend,
+    backend_for,
+)
 from secd_credentials.groups import grants_for
 from secd_shared.bus import EventBus, StoredEvent
+from secd_shared.canaries import CanaryRow, canary_rows, read_canary_key
 from secd_shared.config import Config, ConfigError
 from secd_shared.durations import hours_to_s
 from secd_shared.events import (
@@ -74,6 +81,20 @@ class Credentials:
             if backends is not None
             else {name: backend_for(db) for name, db in config.credentials.databases.items()}
         )
+        # Canary rows ([canaries]): the key they are made under, None when the site has none.
+        self.canary_key = read_canary_key(config)
+        self.canary_count = config.canaries.rows
+        if self.canary_key is not None:
+            without = sorted(
+                n for n, b in self.backends.items() if not isinstance(b, CanaryBackend)
+            )
+            if without:
+                log.warning(
+                    "canaries.rows is %d, but databases %s cannot have canary rows (PostgreSQL"
+                    " only): their runs read the tables without them",
+                    self.canary_count,
+                    ", ".join(without),
+                )
 
     # A redelivery after the event was written: the account and its sealed password are already
     # in the log, and resetting the password now would orphan them.
@@ -107,10 +128,14 @@ class Credentials:
         expires_at = datetime.now(UTC) + timedelta(seconds=runfor_s + self.settings.grace_s)
         account = account_name(event.run_id)
         password = new_password()
-        result = await backend.issue(
+        canaries = self._canaries(event.run_id, backend)
+        result = await _issue(
+            backend,
             account,
             password,
             tables,
+            canaries=canaries,
+            hide_rows=0,
             expires_at=expires_at,
             max_connections=self.settings.max_connections,
             # A backstop only: the executor stops the job at runfor and revocation ends its
@@ -125,7 +150,11 @@ class Credentials:
                 + _refusals(refused)
             )
         log.info(
-            "issued %s with %d tables", account, len(result.granted), extra={"run_id": event.run_id}
+            "issued %s with %d tables (%d with canary rows)",
+            account,
+            len(result.granted),
+            len(result.planted),
+            extra={"run_id": event.run_id},
         )
         replay_account = replay_sealed = None
         if self.replay_mode == "always" or (
@@ -140,6 +169,7 @@ class Credentials:
                 replay_account,
                 replay_password,
                 result.granted,
+                canaries=canaries,
                 # The replay runs after the run, for as long again: its lease (and the one the
                 # event records, which the sweeper goes by) covers both.
                 expires_at=expires_at + timedelta(seconds=runfor_s),
@@ -171,6 +201,7 @@ class Credentials:
         password: str,
         granted: list[str],
         *,
+        canaries: tuple[CanaryRow, ...],
         expires_at: datetime,
         statement_timeout_s: int,
     ) -> None:
@@ -184,10 +215,13 @@ class Credentials:
                 " operator about [airlock] neighbour_replay"
             )
         try:
-            replay = await backend.issue_replay(
+            # The same canaries as the run's account: the replay must see the same rows but k.
+            replay = await _issue(
+                backend,
                 replay_account,
                 password,
                 granted,
+                canaries=canaries,
                 hide_rows=self.replay_rows,
                 expires_at=expires_at,
                 max_connections=self.settings.max_connections,
@@ -310,6 +344,58 @@ class Credentials:
         """Close every backend's admin connections."""
         for backend in self.backends.values():
             await backend.close()
+
+    def _canaries(self, run_id: str, backend: Backend) -> tuple[CanaryRow, ...]:
+        """The run's canary rows, where the site plants them and the database can hold them."""
+        if self.canary_key is None or not isinstance(backend, CanaryBackend):
+            return ()
+        return canary_rows(self.canary_key, run_id, self.canary_count)
+
+
+async def _issue(
+    backend: Backend,
+    account: str,
+    password: str,
+    tables: list[str],
+    *,
+    canaries: tuple[CanaryRow, ...],
+    hide_rows: int,
+    expires_at: datetime,
+    max_connections: int,
+    statement_timeout_s: int,
+) -> IssueResult:
+    """An account through the one backend call that gives it what it needs: canary rows
+    and/or rows left out (replay), or plain SELECT."""
+    if canaries and isinstance(backend, CanaryBackend):
+        return await backend.issue_with_canaries(
+            account,
+            password,
+            tables,
+            canaries=canaries,
+            hide_rows=hide_rows,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+        )
+    if hide_rows:
+        assert isinstance(backend, ReplayBackend)  # checked by the caller, naming the database
+        return await backend.issue_replay(
+            account,
+            password,
+            tables,
+            hide_rows=hide_rows,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+        )
+    return await backend.issue(
+        account,
+        password,
+        tables,
+        expires_at=expires_at,
+        max_connections=max_connections,
+        statement_timeout_s=statement_timeout_s,
+    )
 
 
 def _first(run: list[StoredEvent], event_type: str) -> StoredEvent | None:

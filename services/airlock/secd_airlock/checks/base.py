@@ -77,9 +77,6 @@ class Rules:
     dominance_n: int = 2
     dominance_k: float = 0.9
     p_ratio: float = 0.1
-    # synthetic patients planted per run (checks/canaries.py); their values in any output or
-    # log line block it
-    canary_rows: int = 3
     # encodings
     decode_depth: int = 3
     encoded_min_chars: int = 24

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 
-from .tables import ParsedTable, column_words
+from secd_shared.columns import column_words
+
+from .tables import ParsedTable
 
 _COUNT_WORDS = frozenset(
     {"n", "count", "counts", "total", "number", "freq", "frequency", "patients", "cases", "antal"}

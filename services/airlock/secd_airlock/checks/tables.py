@@ -9,6 +9,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from secd_shared.columns import column_words
+
 from .base import Finding, Rules, count_words
 
 NAME = "table"
@@ -36,7 +38,6 @@ _IDENTIFIER_NAMES = frozenset(
 )  # fmt: skip
 _PERSON_WORDS = frozenset({"patient", "person", "subject", "participant", "member", "customer"})
 _ID_WORDS = frozenset({"id", "number", "no", "nr", "key", "ref", "code"})
-_CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,6 @@ class ParsedTable:
 
     columns: list[str]
     rows: list[list[object]]
-
-
-def column_words(name: str) -> list[str]:
-    """A column name's words: 'PatientID' -> ['patient', 'id'], 'date_of_birth' -> [...]."""
-    folded = name.replace("ö", "o").replace("å", "a").replace("ä", "a")
-    folded = folded.replace("Ö", "O").replace("Å", "A").replace("Ä", "A")
-    return [w.lower() for w in _CAMEL.findall(folded)]
 
 
 def identifier_like(name: str) -> bool:

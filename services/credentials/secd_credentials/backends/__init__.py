@@ -11,7 +11,7 @@ from secd_shared.config import DatabaseConfig
 from secd_shared.dbkind import db_kind, facts
 from secd_shared.secret import reveal
 
-from .base import Backend, BackendError, IssueResult, ReplayBackend
+from .base import Backend, BackendError, CanaryBackend, IssueResult, ReplayBackend
 from .mariadb import MariaDBBackend, MariaDBSettings
 from .memory import MemoryBackend, MemorySession
 from .neo4j import Neo4jBackend, Neo4jSettings
@@ -21,6 +21,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendSettings",
+    "CanaryBackend",
     "IssueResult",
     "MariaDBBackend",
     "MariaDBSettings",

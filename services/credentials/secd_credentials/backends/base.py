@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from secd_shared.canaries import CanaryRow
 from secd_shared.dbkind import DbKind
 from secd_shared.events import DatabaseAddress, Refusal
 
@@ -17,6 +18,7 @@ from ..groups import table_problem
 __all__ = [
     "Backend",
     "BackendError",
+    "CanaryBackend",
     "IssueResult",
     "ReplayBackend",
     "check_account",
@@ -32,6 +34,8 @@ class IssueResult:
 
     granted: list[str] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+    # The granted tables that read with the run's canary rows added (CanaryBackend only).
+    planted: list[str] = field(default_factory=list)
 
 
 class BackendError(RuntimeError):
@@ -95,6 +99,27 @@ class ReplayBackend(Backend, Protocol):
         statement_timeout_s: int | None = None,
     ) -> IssueResult:
         """As `issue`, but each table reads without `hide_rows` rows chosen at random."""
+        ...
+
+
+@runtime_checkable
+class CanaryBackend(Backend, Protocol):
+    """A backend that can plant a run's canary rows in the tables it grants (PostgreSQL)."""
+
+    async def issue_with_canaries(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        canaries: Sequence[CanaryRow],
+        hide_rows: int = 0,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """As `issue` (or `issue_replay` with `hide_rows` > 0), each table that has a column a
+        canary can fill reading with the `canaries` added; `planted` names those tables."""
         ...
 
 

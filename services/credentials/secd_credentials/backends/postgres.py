@@ -18,25 +18,42 @@ ever passes through secd or sits in SQL text, and a view's definition (which eve
 in pg_views) names the hidden table, never a key. Views run with their owner's rights, so the
 account needs SELECT on the views only; `security_barrier` keeps the account's own conditions
 from being evaluated on the hidden rows first. Both schemas go with the account on revoke.
+
+Canary rows (`issue_with_canaries`, secd_shared.canaries): the same per-run views, in the same
+schema, read each granted table with the run's synthetic patients added (UNION ALL) where the
+table has a column that gives one away. The rows sit in a third schema, `<account>_canaries`,
+that the account cannot use, in a copy of each table's columns (CREATE TABLE AS ... WITH NO DATA)
+filled by INSERT ... json_populate_record($1): the values go in as one bind parameter, converted
+by the server by each column's type, and never sit in SQL text or a view's definition. A replay
+account's views leave rows out of the table and then add the same canaries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
 
+from secd_shared.canaries import CanaryRow, Column, ColumnKind, canary_values
 from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
 from ..accounts import ACCOUNT_PATTERN, is_replay_account, scram_sha256_verifier
 from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
 
-__all__ = ["PostgresBackend", "PostgresSettings", "hidden_schema", "quote_ident"]
+__all__ = [
+    "PostgresBackend",
+    "PostgresSettings",
+    "canaries_schema",
+    "hidden_schema",
+    "quote_ident",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +80,19 @@ JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
 WHERE i.indisprimary AND i.indnatts = 1 AND n.nspname = $1 AND c.relname = $2
 """
 _HIDDEN_SUFFIX = "_hidden"
+_CANARIES_SUFFIX = "_canaries"
+# A table's columns, their type's category and name, and the type modifier (lengths, precision).
+_COLUMNS = """
+SELECT a.attname::text AS name, t.typcategory::text AS category, t.typname::text AS type,
+       a.atttypmod AS typmod
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+_INTEGER_MAX = {"int2": 2**15 - 1, "int4": 2**31 - 1, "int8": 2**63 - 1}
 # Large objects are storage any role may create by default: a write path into the database.
 _LARGE_OBJECT_CREATORS = (
     "pg_catalog.lo_creat(integer)",
@@ -127,6 +157,31 @@ def quote_ident(name: str) -> str:
 def hidden_schema(account: str) -> str:
     """The schema that holds the keys a replay account's views leave out (never readable by it)."""
     return account + _HIDDEN_SUFFIX
+
+
+def canaries_schema(account: str) -> str:
+    """The schema that holds the canary rows an account's views add (never readable by it)."""
+    return account + _CANARIES_SUFFIX
+
+
+def _column(name: str, category: str, type_name: str, typmod: int) -> Column:
+    """A column as secd_shared.canaries maps fields to it, from the server's catalogue."""
+    kind: ColumnKind = "other"
+    limit: int | None = None
+    if category == "S":
+        kind = "text"
+        # varchar(n) and char(n) carry n + 4; text and unbounded varchar carry -1.
+        limit = typmod - 4 if type_name in ("varchar", "bpchar") and typmod >= 4 else None
+    elif type_name in _INTEGER_MAX:
+        kind, limit = "integer", _INTEGER_MAX[type_name]
+    elif type_name == "numeric":
+        kind = "integer"
+        if typmod >= 4:
+            precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+            limit = 10 ** max(0, precision - scale) - 1
+    elif type_name in ("date", "timestamp", "timestamptz"):
+        kind = "date"
+    return Column(name=name, kind=kind, limit=limit)
 
 
 def _literal(text: str) -> str:
@@ -266,6 +321,38 @@ class PostgresBackend:
             max_connections=max_connections,
             statement_timeout_s=statement_timeout_s,
             hide_rows=0,
+            canaries=(),
+        )
+
+    async def issue_with_canaries(
+        self,
+        account: str,
+        password: str,
+        tables: list[str],
+        *,
+        canaries: Sequence[CanaryRow],
+        hide_rows: int = 0,
+        expires_at: datetime,
+        max_connections: int = 4,
+        statement_timeout_s: int | None = None,
+    ) -> IssueResult:
+        """As `issue` (or, with `hide_rows`, `issue_replay`), but each granted table with a
+        column a canary can fill reads with the `canaries` added; `planted` names those tables."""
+        if hide_rows and not is_replay_account(account):
+            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
+        if type(hide_rows) is not int or not 0 <= hide_rows <= 10_000:
+            raise ValueError(f"hide_rows must be an int in 0..10000, not {hide_rows!r}")
+        if any(not isinstance(row, CanaryRow) for row in canaries):
+            raise TypeError("canaries must be CanaryRow values (secd_shared.canaries)")
+        return await self._issue(
+            account,
+            password,
+            tables,
+            expires_at=expires_at,
+            max_connections=max_connections,
+            statement_timeout_s=statement_timeout_s,
+            hide_rows=hide_rows,
+            canaries=tuple(canaries),
         )
 
     async def issue_replay(
@@ -293,6 +380,7 @@ class PostgresBackend:
             max_connections=max_connections,
             statement_timeout_s=statement_timeout_s,
             hide_rows=hide_rows,
+            canaries=(),
         )
 
     async def _issue(
@@ -305,6 +393,7 @@ class PostgresBackend:
         max_connections: int,
         statement_timeout_s: int | None,
         hide_rows: int,
+        canaries: tuple[CanaryRow, ...],
     ) -> IssueResult:
         check_issue_args(
             account,
@@ -383,10 +472,16 @@ class PostgresBackend:
                     f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = {idle_ms}"
                 )
                 await conn.execute(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {role}")
-                if hide_rows:
-                    schema = await self._replay_views(conn, account, granted, hide_rows)
+                planted: list[str] = []
+                if hide_rows or canaries:
+                    schema = account
+                    planted = await self._run_views(conn, account, granted, hide_rows, canaries)
                 else:
                     schema = SCHEMA
+                    if existing is not None:
+                        # An earlier try of this issue may have had per-run views.
+                        await self._drop_run_schemas(conn, account)
+                        await conn.execute(f"ALTER ROLE {role} RESET search_path")
                     await conn.execute(f"GRANT USAGE ON SCHEMA {quote_ident(SCHEMA)} TO {role}")
                     for table in granted:
                         target = f"{quote_ident(SCHEMA)}.{quote_ident(table)}"
@@ -399,37 +494,88 @@ class PostgresBackend:
             ) from None
         log.info(
             "issued postgres account",
-            extra={"account": account, "granted": granted, "refused": len(refused)},
+            extra={
+                "account": account,
+                "granted": granted,
+                "refused": len(refused),
+                "canary_tables": len(planted),
+            },
         )
-        return IssueResult(granted=granted, refused=refused)
+        return IssueResult(granted=granted, refused=refused, planted=planted)
 
-    async def _replay_views(
-        self, conn: asyncpg.Connection, account: str, granted: list[str], hide_rows: int
-    ) -> str:
-        """The replay account's schema of views (made afresh), granted to it; its name."""
+    async def _run_views(
+        self,
+        conn: asyncpg.Connection,
+        account: str,
+        granted: list[str],
+        hide_rows: int,
+        canaries: tuple[CanaryRow, ...],
+    ) -> list[str]:
+        """The account's schema of per-run views (made afresh), one per granted table, granted to
+        it and first on its search_path: each leaves out `hide_rows` random rows (replay) and
+        adds the `canaries` where the table can hold them. The tables that got canaries."""
         role, views = quote_ident(account), quote_ident(account)
         hidden = quote_ident(hidden_schema(account))
-        await conn.execute(f"DROP SCHEMA IF EXISTS {views} CASCADE")
-        await conn.execute(f"DROP SCHEMA IF EXISTS {hidden} CASCADE")
+        planted_in = quote_ident(canaries_schema(account))
+        await self._drop_run_schemas(conn, account)
         await conn.execute(f"CREATE SCHEMA {views}")
-        await conn.execute(f"CREATE SCHEMA {hidden}")
+        if hide_rows:
+            await conn.execute(f"CREATE SCHEMA {hidden}")
+        if canaries:
+            await conn.execute(f"CREATE SCHEMA {planted_in}")
+        planted: list[str] = []
         for table in granted:
             name = quote_ident(table)
-            key_column = await conn.fetchval(_PRIMARY_KEY, SCHEMA, table)
-            # Without a one-column primary key a row is named by its place (ctid), which an
-            # UPDATE during the run moves: documented for operators.
-            key = quote_ident(key_column) if key_column is not None else "ctid"
             source = f"{quote_ident(SCHEMA)}.{name}"
-            # Quoted identifiers and an int only.
-            choose = f"SELECT {key} AS key FROM {source} ORDER BY random() LIMIT {int(hide_rows)}"  # noqa: S608
-            await conn.execute(f"CREATE TABLE {hidden}.{name} AS {choose}")
-            keep = f"SELECT * FROM {source} WHERE {key} NOT IN (SELECT key FROM {hidden}.{name})"  # noqa: S608
-            await conn.execute(f"CREATE VIEW {views}.{name} WITH (security_barrier) AS {keep}")
+            # Quoted identifiers and ints only, in every statement below.
+            view = f"SELECT * FROM {source}"  # noqa: S608
+            options = ""
+            if hide_rows:
+                key_column = await conn.fetchval(_PRIMARY_KEY, SCHEMA, table)
+                # Without a one-column primary key a row is named by its place (ctid), which an
+                # UPDATE during the run moves: documented for operators.
+                key = quote_ident(key_column) if key_column is not None else "ctid"
+                choose = f"SELECT {key} AS key FROM {source}"  # noqa: S608
+                choose += f" ORDER BY random() LIMIT {int(hide_rows)}"
+                await conn.execute(f"CREATE TABLE {hidden}.{name} AS {choose}")
+                view += f" WHERE {key} NOT IN (SELECT key FROM {hidden}.{name})"  # noqa: S608
+                # The account's own conditions must not see the left-out rows first.
+                options = " WITH (security_barrier)"
+            if canaries and await self._plant(conn, table, canaries, planted_in):
+                view += f" UNION ALL SELECT * FROM {planted_in}.{name}"  # noqa: S608
+                planted.append(table)
+            await conn.execute(f"CREATE VIEW {views}.{name}{options} AS {view}")
             await conn.execute(f"GRANT SELECT ON TABLE {views}.{name} TO {role}")
         await conn.execute(f"GRANT USAGE ON SCHEMA {views} TO {role}")
         # Unqualified names resolve to the views, so the job's queries run unchanged.
         await conn.execute(f"ALTER ROLE {role} SET search_path = {views}")
-        return account
+        return planted
+
+    async def _plant(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        canaries: tuple[CanaryRow, ...],
+        schema: str,
+    ) -> bool:
+        """Copy `table`'s columns into `schema` (quoted) and insert the canaries mapped to them;
+        False (nothing made) when no column can hold a value that gives a canary away."""
+        found = await conn.fetch(_COLUMNS, SCHEMA, table)
+        columns = [_column(r["name"], r["category"], r["type"], r["typmod"]) for r in found]
+        rows = canary_values(canaries, table, columns)
+        if not rows:
+            return False
+        name = quote_ident(table)
+        source = f"{quote_ident(SCHEMA)}.{name}"
+        await conn.execute(f"CREATE TABLE {schema}.{name} AS SELECT * FROM {source} WITH NO DATA")  # noqa: S608
+        # The values travel as JSON in a bind parameter; the server converts each to its
+        # column's type, and a column the JSON does not name is NULL.
+        await conn.executemany(
+            f"INSERT INTO {schema}.{name}"  # noqa: S608
+            f" SELECT * FROM json_populate_record(NULL::{schema}.{name}, $1::json)",
+            [(json.dumps(row),) for row in rows],
+        )
+        return True
 
     async def _check_exact(
         self, conn: asyncpg.Connection, account: str, granted: list[str], schema: str = SCHEMA
@@ -466,13 +612,15 @@ class PostgresBackend:
         """Every account secd issued on this server that still exists (for the sweeper)."""
         pool = await self._get_pool()
         try:
-            # A replay account's schema without its role (an interrupted revoke) is listed too,
-            # by the account's name, so that the sweeper's revoke drops it.
+            # An account's view schema without its role (an interrupted revoke) is listed too,
+            # by the account's name, so that the sweeper's revoke drops it (and the schemas of
+            # hidden keys and canaries made with it, in the same transaction).
             rows = await pool.fetch(
                 "SELECT rolname::text AS name FROM pg_catalog.pg_roles"
                 " WHERE rolname LIKE 'secd\\_r%'"
                 " UNION SELECT nspname::text FROM pg_catalog.pg_namespace"
-                " WHERE nspname LIKE 'secd\\_r%\\_n'"
+                " WHERE nspname LIKE 'secd\\_r%' AND nspname NOT LIKE '%\\_hidden'"
+                " AND nspname NOT LIKE '%\\_canaries'"
             )
         except _DB_ERRORS as exc:
             raise BackendError(f"listing accounts failed: {type(exc).__name__}") from None
@@ -502,7 +650,7 @@ class PostgresBackend:
     async def _revoke_locked(self, conn: asyncpg.Connection, account: str, role: str) -> None:
         oid = await conn.fetchval("SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", account)
         if oid is None:
-            await self._drop_replay_schemas(conn, account)
+            await self._drop_run_schemas(conn, account)
             return
         # Committed on its own first, so no new session can start while old ones end.
         await conn.execute(f"ALTER ROLE {role} NOLOGIN")
@@ -511,19 +659,16 @@ class PostgresBackend:
             await conn.execute(_GRANTS_TURN, _GRANTS_LOCK)
             if await conn.fetchval("SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1", oid):
                 await conn.execute(f"DROP OWNED BY {role}")
-                await self._drop_replay_schemas(conn, account)
+                await self._drop_run_schemas(conn, account)
                 await conn.execute(f"DROP ROLE IF EXISTS {role}")
         # A session that slipped in between is keyed by oid, which outlives the name.
         await self._terminate(conn, account, oid)
 
-    async def _drop_replay_schemas(self, conn: asyncpg.Connection, account: str) -> None:
-        # The views and the hidden keys are the administrator's, not the account's: DROP OWNED
-        # leaves them, so a replay account's two schemas are dropped by name.
-        if is_replay_account(account):
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(account)} CASCADE")
-            await conn.execute(
-                f"DROP SCHEMA IF EXISTS {quote_ident(hidden_schema(account))} CASCADE"
-            )
+    async def _drop_run_schemas(self, conn: asyncpg.Connection, account: str) -> None:
+        # The views, the hidden keys and the canaries are the administrator's, not the
+        # account's: DROP OWNED leaves them, so an account's per-run schemas go by name.
+        for schema in (account, hidden_schema(account), canaries_schema(account)):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
 
     async def _terminate(self, conn: asyncpg.Connection, account: str, oid: int) -> None:
         # Signal every session at once, then poll: pg_terminate_backend's own timeout waits in
