@@ -48,6 +48,7 @@ __all__ = [
     "ReplayFilter",
     "access_command",
     "access_rows",
+    "connect_as",
     "export_checkpoints",
     "export_command",
     "open_log",
@@ -76,6 +77,12 @@ class AuditError(Exception):
 
 async def open_log(state_dir: Path):
     """An EventBus connected as the read-only auditor identity of the stack in `state_dir`."""
+    return await connect_as(state_dir, "auditor")
+
+
+async def connect_as(state_dir: Path, identity: str):
+    """An EventBus connected as `identity` (a read-only one: auditor, reviewer) of the stack
+    in `state_dir`, its password read from the state folder's secrets."""
     from secd_shared.bus import EventBus, connect
     from secd_shared.config import NatsConfig
     from secd_shared.secret import Secret
@@ -83,16 +90,17 @@ async def open_log(state_dir: Path):
     try:
         config = tomllib.loads((state_dir / "secd.toml").read_text())
         secret = json.loads((state_dir / "secrets" / "stack.json").read_text())
-        password = secret["nats"]["auditor"]
+        password = secret["nats"][identity]
     except (OSError, KeyError, ValueError) as exc:
         raise AuditError(
-            f"no secd state in {state_dir} ({exc}); pass --state-dir with the folder `secd up` uses"
+            f"no secd state in {state_dir} ({type(exc).__name__}: {exc}); pass --state-dir "
+            "with the folder `secd up` uses, as an account that can read its secrets"
         ) from None
     url = config["nats"]["url"]
-    nats = NatsConfig(url=url, user="auditor", password=Secret(password))
+    nats = NatsConfig(url=url, user=identity, password=Secret(password))
     try:
         # connect() retries for ever (right for a service); a command should say why it waits.
-        nc = await asyncio.wait_for(connect(nats, "auditor"), 10)
+        nc = await asyncio.wait_for(connect(nats, identity), 10)
     except TimeoutError:
         raise AuditError(f"NATS at {url} is not reachable; is `secd up` running?") from None
     return EventBus(nc, config["nats"].get("stream", "SECD"))

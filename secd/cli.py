@@ -280,6 +280,13 @@ def _describe_review(state: dict) -> str:
             lines.append(
                 f"    {check['name']} v{check['version']}: {check['verdict']}: {check['evidence']}"
             )
+        for attack in f.get("attacks", []):
+            lines.append(
+                f"    {attack['attack']} (asked for by an officer): {attack['verdict']}: "
+                f"{attack['evidence']}"
+            )
+        for name in f.get("attacks_pending", []):
+            lines.append(f"    {name} asked for: the airlock is running it")
     return "\n".join(lines)
 
 
@@ -304,6 +311,17 @@ def _cmd_review(args: argparse.Namespace) -> int:
             print(json.dumps(state, indent=2) if args.json else _describe_review(state))
             return 0
         item = _held_file(state, args.file)
+        if args.review_command == "lira":
+            _review_request(
+                args, "POST", f"/reviews/{args.run_id}/{item['sha256']}/attacks", {"attack": "lira"}
+            )
+            print(
+                f"requested: LiRA on {item['name']!r} of run {args.run_id}; "
+                f"`secd review show {args.run_id}` shows its figures when the airlock has run it"
+            )
+            return 0
+        if args.review_command == "fetch":
+            return _fetch_held(args, item)
         decision = "approve" if args.review_command == "approve" else "reject"
         _review_request(
             args,
@@ -315,6 +333,60 @@ def _cmd_review(args: argparse.Namespace) -> int:
         print(f"secd: {exc}", file=sys.stderr)
         return 1
     print(f"recorded: {decision} {item['name']!r} of run {args.run_id}")
+    return 0
+
+
+def _fetch_destination(args: argparse.Namespace, item: dict) -> Path:
+    """Where `secd review fetch` writes: -o, else held-<sha256 prefix> with the held file's
+    suffix when it is a plain one (the name is the researcher's text)."""
+    if args.output:
+        return Path(args.output)
+    suffix = Path(item["name"]).suffix
+    if not (1 < len(suffix) <= 10 and suffix[1:].isalnum() and suffix.isascii()):
+        suffix = ""
+    return Path(f"held-{item['sha256'][:16]}{suffix}")
+
+
+def _fetch_held(args: argparse.Namespace, item: dict) -> int:
+    """Record the read with the gateway (review.fetched), then copy the held file from the
+    artifact store as the read-only `reviewer` identity, checked against its sha256."""
+    from secd.audit import AuditError, connect_as
+    from secd_shared.artifacts import ArtifactError, artifact_store
+    from secd_shared.config import ConfigError, load_config
+
+    if args.output == "-":
+        raise ReviewError(
+            "fetch never writes to standard output (a held file may be binary); -o FILE"
+        )
+    dest = _fetch_destination(args, item)
+    if dest.exists() or dest.is_symlink():
+        raise ReviewError(f"{dest} exists: nothing is overwritten; give another -o")
+    state_dir = Path(args.state_dir)
+    try:
+        config = load_config(state_dir / "secd.toml", environ={})
+    except ConfigError as exc:
+        raise ReviewError(f"{exc}; run this on the secd machine, with its --state-dir") from None
+
+    async def copy() -> int:
+        bus = await connect_as(state_dir, "reviewer")
+        try:
+            store = artifact_store(config, bus.js)
+            return await store.get_file(f"sha256:{item['sha256']}", dest)
+        finally:
+            await bus.close()
+
+    # Recorded first: a read that fails after is still in the log; one never recorded is not.
+    _review_request(args, "POST", f"/reviews/{args.run_id}/{item['sha256']}/fetched")
+    try:
+        size = asyncio.run(copy())
+    except (AuditError, ArtifactError) as exc:
+        raise ReviewError(f"the held file could not be read: {exc}") from None
+    except OSError as exc:
+        raise ReviewError(f"cannot write {dest}: {exc.strerror}") from None
+    print(
+        f"wrote {dest} ({size} bytes, sha256 {item['sha256'][:16]}..., mode 0600); "
+        "your read is in the log as review.fetched"
+    )
     return 0
 
 
@@ -484,7 +556,31 @@ def build_parser() -> argparse.ArgumentParser:
             default="",
             help="why (needed to reject, and to approve a file the checks blocked)",
         )
-    for command in (review_list, review_show, review_approve, review_reject):
+    review_lira = review_sub.add_parser(
+        "lira",
+        help="ask the airlock for LiRA (likelihood-ratio membership inference) on a held model",
+    )
+    review_fetch = review_sub.add_parser(
+        "fetch",
+        help="on the secd machine: copy a held file to read it (your read is recorded)",
+        description="Records review.fetched with the gateway, then reads the file from the "
+        "artifact store as the read-only reviewer identity (the state folder's secrets). "
+        "Never overwrites; never writes to standard output.",
+    )
+    for command in (review_lira, review_fetch):
+        command.add_argument("run_id")
+        command.add_argument("file", help="the held file's name or sha256 (8+ leading digits)")
+    review_fetch.add_argument(
+        "-o", "--output", help="where to write it (default: held-<sha256 prefix><suffix> here)"
+    )
+    for command in (
+        review_list,
+        review_show,
+        review_approve,
+        review_reject,
+        review_lira,
+        review_fetch,
+    ):
         command.add_argument("--gateway", help="gateway URL (default: from the state dir)")
         command.add_argument("--token-file", help="a file holding your officer token")
         command.set_defaults(func=_cmd_review)

@@ -51,11 +51,13 @@ def build_run(
     expires_at: datetime | None = None,
     tables: tuple[str, ...] = ("patients",),
     run_id: str | None = None,
+    outputs: str = "",
 ) -> list[Stored]:
     """One run's events, each chained to its cause by id and by the hash of its stored bytes.
 
     `run_id` defaults to new_run_id() with four more hex digits, which the gateway's read API
-    does not take: pass new_run_id() for runs read through it.
+    does not take: pass new_run_id() for runs read through it. `outputs`: the run.finished's
+    outputs tree (an artifact digest), for tests that read the outputs.
     """
     run_id = run_id or new_run_id() + secrets.token_hex(2)
     start = start or datetime.now(UTC)
@@ -130,7 +132,7 @@ def build_run(
     )  # fmt: skip
     emit(RunStarted(sandbox=f"secd-{run_id}"), "executor", issued)
     finished = emit(
-        RunFinished(exit_code=0, duration_s=1.5),
+        RunFinished(exit_code=0, duration_s=1.5, outputs=outputs),
         "executor", issued,
     )  # fmt: skip
     if revoked:

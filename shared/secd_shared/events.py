@@ -39,6 +39,7 @@ __all__ = [
     "EventDecodeError",
     "HeldFile",
     "OutputKind",
+    "OutputsAttacked",
     "OutputsChecked",
     "OutputsHeld",
     "OutputsReleased",
@@ -50,7 +51,9 @@ __all__ = [
     "Refusal",
     "ReleasedFile",
     "ResultsPublished",
+    "ReviewFetched",
     "ReviewRecorded",
+    "ReviewRequested",
     "RunFailed",
     "RunFinished",
     "RunPlan",
@@ -351,6 +354,36 @@ class ReviewRecorded(Payload, frozen=True, tag="review.recorded"):
     reason: str
 
 
+class ReviewRequested(Payload, frozen=True, tag="review.requested"):
+    """gateway: a security officer asked the airlock for a dearer attack on one held file
+    (LiRA on a model). Repeatable."""
+
+    officer: str
+    sha256: str
+    attack: Literal["lira"]
+
+
+class OutputsAttacked(Payload, frozen=True, tag="outputs.attacked"):
+    """airlock: what an attack an officer asked for (review.requested, its cause) found in one
+    held file: a verdict, evidence in words and the attack's figures, never a value of the
+    data. Repeatable (one per request)."""
+
+    sha256: str
+    attack: str
+    verdict: Verdict
+    evidence: str
+    figures: dict[str, float] = msgspec.field(default_factory=dict)
+    request: str = ""  # the id of the review.requested event it answers
+
+
+class ReviewFetched(Payload, frozen=True, tag="review.fetched"):
+    """gateway: a security officer read one held file on the secure side (`secd review
+    fetch`): who read which file, by sha256. Repeatable (one per read)."""
+
+    officer: str
+    sha256: str
+
+
 AnyPayload = (
     PushReceived
     | PushVerified
@@ -368,6 +401,9 @@ AnyPayload = (
     | OutputsReleased
     | OutputsWithheld
     | ReviewRecorded
+    | ReviewRequested
+    | OutputsAttacked
+    | ReviewFetched
 )
 
 
@@ -397,10 +433,20 @@ EVENT_TYPES: tuple[str, ...] = tuple(
         OutputsReleased,
         OutputsWithheld,
         ReviewRecorded,
+        ReviewRequested,
+        OutputsAttacked,
+        ReviewFetched,
     )
 )
 # Written more than once per run; the writer gives each a message id from its content.
-REPEATABLE_TYPES: tuple[str, ...] = ("outputs.released", "outputs.withheld", "review.recorded")
+REPEATABLE_TYPES: tuple[str, ...] = (
+    "outputs.released",
+    "outputs.withheld",
+    "review.recorded",
+    "review.requested",
+    "outputs.attacked",
+    "review.fetched",
+)
 # After one of these nothing more runs for the run; credentials revoke, the publisher publishes.
 TERMINAL_TYPES: tuple[str, ...] = ("run.finished", "run.failed", "run.rejected")
 

@@ -63,6 +63,8 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     # The airlock checks what a job wrote and printed; officers' reviews decide what it held.
     "airlock": ("run.finished", "run.failed"),
     "airlock-reviews": ("review.recorded",),
+    # Attacks an officer asked for on a held file (LiRA on a model).
+    "airlock-requests": ("review.requested",),
     # The publisher writes a branch for a rejected run, and the files the airlock released.
     "publisher": ("run.rejected", "run.failed", "outputs.released"),
     # The forge's commit status follows every stage of a run (see secd_publisher.status).
@@ -83,9 +85,10 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
 LOG_CONSUMERS: dict[str, str] = {"airlock-logs": "secd.log.*"}
 
 IDENTITIES: dict[str, Identity] = {
-    # Officers' decisions come in through the gateway's review API (authenticated officers).
+    # Officers' decisions, their requests for attacks and their reads of held files come in
+    # through the gateway's review API (authenticated officers).
     "gateway": Identity(
-        publishes=("push.received", "review.recorded"),
+        publishes=("push.received", "review.recorded", "review.requested", "review.fetched"),
         reads_log=True,
         reads_log_view=True,
         records_pushes=True,
@@ -126,8 +129,9 @@ IDENTITIES: dict[str, Identity] = {
             "outputs.held",
             "outputs.released",
             "outputs.withheld",
+            "outputs.attacked",
         ),
-        consumers=("airlock", "airlock-reviews"),
+        consumers=("airlock", "airlock-reviews", "airlock-requests"),
         log_consumers=("airlock-logs",),
         writes_log_view=True,
         reads_log=True,
@@ -136,6 +140,9 @@ IDENTITIES: dict[str, Identity] = {
     ),
     # The officer's and the `secd runs` view: reads the log, writes nothing.
     "auditor": Identity(publishes=(), reads_log=True, reads_checkpoints=True),
+    # `secd review fetch` on the secure side: reads artifacts by digest (a held file, once the
+    # gateway has recorded review.fetched for the officer), nothing else: no log, no event.
+    "reviewer": Identity(publishes=(), reads_artifacts=True),
     # Reads the log and signs checkpoints of it; writes no event.
     "checkpointer": Identity(
         publishes=(), reads_log=True, writes_checkpoints=True, reads_checkpoints=True

@@ -111,14 +111,47 @@ def held_run_events() -> tuple[HeldRun, list[Stored]]:
     return HeldRun(run_id, dump, table), run
 
 
-async def write_held_run(admin_bus: EventBus) -> HeldRun:
-    """A held run, stored in the suite's log."""
-    held, run = held_run_events()
+def held_model_run_events(model: str, outputs: str = "") -> tuple[str, list[Stored]]:
+    """A run of alice's whose one output, a model (sha256 `model`), the airlock held for
+    review; `outputs` is its run.finished's outputs tree (a digest), "" for none."""
+    run = build_run(researcher="alice", pusher="root", run_id=new_run_id(), outputs=outputs)
+    run_id = run[0].event.run_id
+    cause = next(s for s in run if s.event.type == "run.finished")
+    review = CheckResult(name="model", version=1, verdict="review", evidence="AUC 0.700")
+    for payload in (
+        OutputsChecked(
+            files=[
+                CheckedFile(name="out/model.skops", size=4096, sha256=model, kind="model",
+                            checks=[review], verdict="review", route="review"),
+            ],
+            log=[], verdict="review",
+        ),
+        OutputsHeld(
+            files=[HeldFile(sha256=model, name="out/model.skops", route="review", reason="model")]
+        ),
+    ):  # fmt: skip
+        event = new_event(
+            payload, run_id=run_id, producer=Producer("airlock", "test"), actor="alice",
+            project=cause.event.project, cause=cause.event, cause_data=cause.data,
+        )  # fmt: skip
+        cause = Stored(subject_for(run_id, event.type), encode_event(event), event)
+        run.append(cause)
+    return run_id, run
+
+
+async def write_run(admin_bus: EventBus, run: list[Stored]) -> None:
+    """A run's events, stored in the suite's log."""
     for stored in run:
         await admin_bus.js.publish(
             stored.subject, stored.data,
-            headers={"Nats-Msg-Id": f"{held.run_id}.{stored.event.type}"},
+            headers={"Nats-Msg-Id": f"{stored.event.run_id}.{stored.event.type}"},
         )  # fmt: skip
+
+
+async def write_held_run(admin_bus: EventBus) -> HeldRun:
+    """A held run, stored in the suite's log."""
+    held, run = held_run_events()
+    await write_run(admin_bus, run)
     return held
 
 

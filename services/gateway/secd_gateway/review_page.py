@@ -7,7 +7,8 @@ SESSION_S; the token itself is never put in a cookie, URL or page. Every form th
 something carries the session's CSRF token, and a POST whose Origin is another site is refused.
 Everything shown is escaped (Jinja2 autoescape): file names, evidence and reasons come from a
 researcher's job and may be hostile. A held file's content is never shown. Votes go through
-ReviewDesk.vote, exactly as the JSON API's do.
+ReviewDesk.vote, exactly as the JSON API's do; a request for LiRA on a held model through
+ReviewDesk.request_attack.
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-_NOTICES = {"approve": "Your approval is recorded.", "reject": "Your rejection is recorded."}
+_NOTICES = {
+    "approve": "Your approval is recorded.",
+    "reject": "Your rejection is recorded.",
+    "lira": "LiRA is requested: its figures appear here when the airlock has run it.",
+}
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("secd_gateway", "templates"),
@@ -247,4 +252,17 @@ def add_review_page(app: FastAPI, desk: ReviewDesk, limit: int) -> None:
         # Post, then redirect: reloading the page does not send the vote again.
         return RedirectResponse(
             f"/review/{run_id}?recorded={decision}", status_code=303, headers=_HEADERS
+        )
+
+    @app.post("/review/{run_id}/{sha256}/attacks", include_in_schema=False)
+    async def attack(request: Request, run_id: str, sha256: str) -> Response:
+        """Ask the airlock for an attack on one held file (review.requested)."""
+        try:
+            session, form = await checked_post(request)
+            chosen = form.get("attack", "")
+            await desk.request_attack(run_id, sha256, session.officer, chosen)
+        except ReviewRefused as exc:
+            return _error(exc.status, exc.detail, session_of(request))
+        return RedirectResponse(
+            f"/review/{run_id}?recorded={chosen}", status_code=303, headers=_HEADERS
         )

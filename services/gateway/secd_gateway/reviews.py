@@ -11,6 +11,11 @@ Officers see what the checks found (check names, verdicts, evidence in figures) 
 context, never the content of a held file. Before an officer votes on a file they see how
 many approvals it has, never who gave them or why: each decides on their own. The JSON API
 here and the web page (secd_gateway.review_page) both go through ReviewDesk.
+
+An officer may also ask the airlock for LiRA on a held model (`review.requested`; the figures
+come back as `outputs.attacked` and every officer sees them), and record that they read a
+held file on the secure side (`review.fetched`, before `secd review fetch` reads it from the
+artifact store there: the gateway never carries a held file's content).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import re
+import secrets
 import time
 import tomllib
 from pathlib import Path
@@ -31,8 +37,10 @@ from fastapi.responses import JSONResponse
 from secd_gateway.body import read_body, require_json
 from secd_shared.bus import EventBus, StoredEvent
 from secd_shared.events import (
+    AnyPayload,
     CredentialsIssued,
     Event,
+    OutputsAttacked,
     OutputsChecked,
     OutputsHeld,
     OutputsReleased,
@@ -40,7 +48,9 @@ from secd_shared.events import (
     Producer,
     PushReceived,
     PushVerified,
+    ReviewFetched,
     ReviewRecorded,
+    ReviewRequested,
     new_event,
 )
 from secd_shared.identity_port import IdentityError
@@ -48,6 +58,8 @@ from secd_shared.runid import parse_run_id
 from secd_shared.runs import run_researcher
 
 __all__ = [
+    "ATTACKS",
+    "AttackRequest",
     "Decision",
     "OfficerRole",
     "ReviewDesk",
@@ -70,6 +82,16 @@ class Decision(msgspec.Struct, forbid_unknown_fields=True):
 
     decision: str
     reason: str = ""
+
+
+class AttackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """An officer's request for an attack on one held file."""
+
+    attack: str
+
+
+# The attacks an officer may ask for, and the kind of file each runs on.
+ATTACKS = {"lira": "model"}
 
 
 class OfficerRole(Protocol):
@@ -119,6 +141,25 @@ def review_state(events: list[Event], viewer: str, needed: int) -> dict[str, Any
             # An officer's first vote counts, as in the airlock (secd_airlock.service.decide).
             votes.setdefault(e.payload.sha256, {}).setdefault(e.payload.officer, e.payload)
     checks = {f.sha256: f for f in (checked.files if checked else [])}
+    attacks: dict[str, list[dict[str, Any]]] = {}
+    requested: dict[str, dict[str, str]] = {}  # sha256 -> attack -> request id, unanswered
+    for e in events:
+        if isinstance(e.payload, ReviewRequested):
+            requested.setdefault(e.payload.sha256, {})[e.payload.attack] = e.id
+        elif isinstance(e.payload, OutputsAttacked):
+            answered = e.payload
+            waiting = requested.get(answered.sha256, {})
+            if waiting.get(answered.attack) == answered.request:
+                del waiting[answered.attack]
+            attacks.setdefault(answered.sha256, []).append(
+                {
+                    "attack": answered.attack,
+                    "verdict": answered.verdict,
+                    "evidence": answered.evidence,
+                    "figures": dict(answered.figures),
+                    "time": e.time.isoformat(),
+                }
+            )
     files = []
     for item in held:
         seen = checks.get(item.sha256)
@@ -139,6 +180,8 @@ def review_state(events: list[Event], viewer: str, needed: int) -> dict[str, Any
                 ),
                 "needed": needed,
                 "your_vote": ({"decision": mine.decision, "reason": mine.reason} if mine else None),
+                "attacks": attacks.get(item.sha256, []),
+                "attacks_pending": sorted(requested.get(item.sha256, {})),
             }
         )
     pushed = next((e.payload for e in events if isinstance(e.payload, PushReceived)), None)
@@ -304,21 +347,88 @@ class ReviewDesk:
             if isinstance(s.event.payload, OutputsHeld)
             and any(f.sha256 == sha256 for f in s.event.payload.files)
         )
+        await self._record(stored, cause, officer, payload, f"{run_id}.review.{officer}.{sha256}")
+        return payload
+
+    async def _held_item(
+        self, run_id: str, sha256: str, officer: str
+    ) -> tuple[list[StoredEvent], dict[str, Any], StoredEvent]:
+        """A held file of a run as `officer` may act on it, with the run and the outputs.held
+        that holds it; ReviewRefused for no such file or the officer's own run."""
+        if not _SHA256.fullmatch(sha256):
+            raise ReviewRefused(404, "no such held file")
+        stored = await self.run(run_id)
+        state = review_state([s.event for s in stored], viewer=officer, needed=self.needed)
+        item = next((f for f in state["files"] if f["sha256"] == sha256), None)
+        if item is None:
+            raise ReviewRefused(404, "no such held file in this run")
+        if officer == state["researcher"]:
+            raise ReviewRefused(403, "an officer cannot review their own run's outputs")
+        hold = next(
+            s
+            for s in stored
+            if isinstance(s.event.payload, OutputsHeld)
+            and any(f.sha256 == sha256 for f in s.event.payload.files)
+        )
+        return stored, item, hold
+
+    async def _record(
+        self,
+        stored: list[StoredEvent],
+        hold: StoredEvent,
+        officer: str,
+        payload: AnyPayload,
+        key: str,
+    ) -> None:
+        """Publish an officer's event, chained to the outputs.held that held the file."""
         event = new_event(
             payload,
-            run_id=run_id,
+            run_id=hold.event.run_id,
             producer=self.producer,
             actor=officer,
-            project=events[0].project,
-            cause=cause.event,
-            cause_data=cause.data,
+            project=stored[0].event.project,
+            cause=hold.event,
+            cause_data=hold.data,
         )
-        await self.bus.publish(event, msg_id=f"{run_id}.review.{officer}.{sha256}")
+        await self.bus.publish(event, msg_id=key)
+
+    async def request_attack(
+        self, run_id: str, sha256: str, officer: str, attack: str
+    ) -> ReviewRequested:
+        """Record `officer`'s request for an attack (ATTACKS) on one held file as
+        review.requested, or ReviewRefused: unknown attack, wrong kind of file, decided
+        already, their own run, or the same attack still waiting for the airlock."""
+        wanted = ATTACKS.get(attack)
+        if wanted is None:
+            raise ReviewRefused(422, f"attack: one of {', '.join(sorted(ATTACKS))}")
+        stored, item, hold = await self._held_item(run_id, sha256, officer)
+        if item["kind"] != wanted:
+            raise ReviewRefused(
+                422, f"{attack} runs on files of kind {wanted}; this one is {item['kind']}"
+            )
+        if item["state"] != "held":
+            raise ReviewRefused(409, f"the file is {item['state']} already")
+        if attack in item["attacks_pending"]:
+            raise ReviewRefused(409, f"{attack} was asked for already; the airlock is on it")
+        payload = ReviewRequested(officer=officer, sha256=sha256, attack="lira")
+        key = f"{run_id}.requested.{officer}.{sha256}.{secrets.token_hex(8)}"
+        await self._record(stored, hold, officer, payload, key)
         return payload
+
+    async def record_fetch(self, run_id: str, sha256: str, officer: str) -> dict[str, Any]:
+        """Record that `officer` reads one held file on the secure side (review.fetched), and
+        say what it is (its sha256, the name shown, kind and size); ReviewRefused for no such
+        file or their own run. Recorded before the read: a read is never left out."""
+        stored, item, hold = await self._held_item(run_id, sha256, officer)
+        payload = ReviewFetched(officer=officer, sha256=sha256)
+        key = f"{run_id}.fetched.{officer}.{sha256}.{secrets.token_hex(8)}"
+        await self._record(stored, hold, officer, payload, key)
+        return {k: item[k] for k in ("sha256", "name", "kind", "size", "state")}
 
 
 def add_review_api(app: FastAPI, desk: ReviewDesk, limit: int) -> None:
-    """GET /reviews, GET /reviews/{run}, POST /reviews/{run}/{sha256}: officers only."""
+    """GET /reviews, GET /reviews/{run}, POST /reviews/{run}/{sha256} (a vote), POST
+    /reviews/{run}/{sha256}/attacks (LiRA) and /reviews/{run}/{sha256}/fetched: officers only."""
 
     async def officer(request: Request) -> str:
         given = request.headers.get("authorization", "")
@@ -368,3 +478,32 @@ def add_review_api(app: FastAPI, desk: ReviewDesk, limit: int) -> None:
         return JSONResponse(
             {"recorded": body.decision, "officer": name, "sha256": sha256}, status_code=202
         )
+
+    @app.post("/reviews/{run_id}/{sha256}/attacks", status_code=202)
+    async def attack(
+        run_id: str, sha256: str, request: Request, name: str = Depends(officer)
+    ) -> JSONResponse:
+        """Ask the airlock for an attack on one held file ({"attack": "lira"}); its figures
+        appear under the file's `attacks` in GET /reviews/{run}."""
+        require_json(request)
+        try:
+            body = msgspec.json.decode(await read_body(request, limit), type=AttackRequest)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise HTTPException(422, f"body: {exc}; send {{attack}}") from None
+        try:
+            await desk.request_attack(run_id, sha256, name, body.attack)
+        except ReviewRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        return JSONResponse(
+            {"requested": body.attack, "officer": name, "sha256": sha256}, status_code=202
+        )
+
+    @app.post("/reviews/{run_id}/{sha256}/fetched")
+    async def fetched(run_id: str, sha256: str, name: str = Depends(officer)) -> JSONResponse:
+        """Record that this officer reads a held file on the secure side (review.fetched);
+        the answer names the file. The content is not here: `secd review fetch` reads it
+        from the artifact store on the secure side."""
+        try:
+            return JSONResponse(await desk.record_fetch(run_id, sha256, name))
+        except ReviewRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
