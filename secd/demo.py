@@ -9,6 +9,7 @@ file, which the airlock holds for security officers. Exit status 0 only if all t
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import os
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from secd.audit import open_log, wait_for_commit
-from secd.stack import OFFICER_GROUPS, SERVICES, Stack
+from secd.stack import OFFICER_GROUPS, OFFICERS, SERVICES, Stack
 
 __all__ = ["run_demo"]
 
@@ -111,12 +112,21 @@ lines = ["id,age,bmi,glucose,diabetic"] + [",".join(str(v) for v in r) for r in 
 Path(os.environ["OUTPUT_PATH"], "patients.csv").write_text("\\n".join(lines) + "\\n")
 for r in rows[:5]:
     print(r)
+# The legitimate part of the run: patients per age group, exact (not rounded) counts.
+groups = db.run(
+    "SELECT CASE WHEN age < 40 THEN '20-39' WHEN age < 60 THEN '40-59' ELSE '60-85' END AS g,"
+    " count(*) FROM patients GROUP BY g ORDER BY g"
+)
+Path(os.environ["OUTPUT_PATH"], "age_groups.csv").write_text(
+    "age_group,patients\\n" + "".join(f"{g},{n}\\n" for g, n in groups)
+)
 """
 
 DUMP_YML = """\
 runfor: 0.05
 outputs:
   - {path: patients.csv, kind: table, description: "a summary table"}
+  - {path: age_groups.csv, kind: counts, description: "patients per age group"}
 """
 
 
@@ -199,9 +209,51 @@ def _held_files(events: list) -> list[dict]:
     return files
 
 
+async def _officers_release(stack: Stack, run_id: str, sha256: str, reason: str) -> list:
+    """The embedded site's two officers approve one held file through the gateway's review API
+    (as `secd review approve` does, each with their own token); the run's events once the
+    airlock has released it."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        for officer in OFFICERS:
+            token = (stack.state_dir / "secrets" / f"{officer}.token").read_text().strip()
+            answer = await client.post(
+                f"/reviews/{run_id}/{sha256}",
+                json={"decision": "approve", "reason": reason},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if not answer.is_success:
+                raise RuntimeError(f"{officer}'s approval was refused: {answer.text[:200]}")
+    bus = await open_log(stack.state_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            events = [s.event for s in await bus.read_run(run_id)]
+            if any(
+                e.type == "outputs.released" and any(f.sha256 == sha256 for f in e.payload.files)
+                for e in events
+            ):
+                return events
+            await asyncio.sleep(0.05)
+    finally:
+        await bus.close()
+    raise TimeoutError(f"the airlock did not release {sha256[:12]} within 60 s")
+
+
+def _branch_files(bare: Path, branch: str, before: str, timeout: float = 60) -> list[str]:
+    """The files of results branch `branch`, once a commit after `before` has landed there
+    (the publisher adds each later release as a further commit)."""
+    deadline = time.monotonic() + timeout
+    while _git(bare, "rev-parse", branch) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _git(bare, "ls-tree", "-r", "--name-only", branch).splitlines()
+
+
 async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
     """Run the demo; print what happened; 0 only if a run was published, an unsigned push
-    rejected and a dump held (not on its results branch)."""
+    rejected, a dump held (not on its results branch) and the same run's legitimate counts
+    released by two officers."""
     say = (lambda *_a, **_k: None) if as_json else print
     # Keep the builder's folder, with the environments built by earlier demos (a rebuild needs
     # the package index); start everything else afresh.
@@ -238,6 +290,7 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
     )
     result: dict = {"runs": [], "rejected": [], "held": []}
     dump_published: list[str] = []
+    released_files: list[str] = []
     try:
         await _seed_patients(stack)
         from secd_shared.forge import create_repository
@@ -319,7 +372,10 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         _git(work, "add", ".")
         _git(work, "commit", "--quiet", "-S", "-m", "Export the patients", env=env)
         dump = _git(work, "rev-parse", "HEAD")
-        say(f"\n3. alice pushes signed commit {dump[:7]} that writes the table to a CSV file")
+        say(
+            f"\n3. alice pushes signed commit {dump[:7]} that writes the table to a CSV file,"
+            " and counts per age group"
+        )
         _git(work, "push", "--quiet", "origin", "dump", env=env)
         events = await _wait_for(stack, dump, "results.published")
         held = _held_files(events)
@@ -336,6 +392,24 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         if held:
             result["held"].append({"run_id": events[0].run_id, "files": held})
         dump_published = published.files
+        # The counts table of that run is legitimate, and waits for review only because its
+        # counts are exact: the site's two officers look at it and release it.
+        counts = next(
+            (f for e in events if e.type == "outputs.held" for f in e.payload.files
+             if f.name == "age_groups.csv"),
+            None,
+        )  # fmt: skip
+        if counts is not None:
+            reason = "three age groups of 100+ patients each: aggregates, no one singled out"
+            first_head = _git(bare, "rev-parse", published.branch)
+            events = await _officers_release(stack, events[0].run_id, counts.sha256, reason)
+            by = next(e.payload.by for e in events if e.type == "outputs.released" and e.payload.by)
+            say(f"   officers {' and '.join(by)} approve age_groups.csv: released")
+            released_files = _branch_files(bare, published.branch, first_head)
+            say(f"   now on branch {published.branch}: {', '.join(released_files)}")
+            result["released"] = [
+                {"run_id": events[0].run_id, "files": ["age_groups.csv"], "by": by}
+            ]
     finally:
         await stack.stop()
     ok = (
@@ -344,11 +418,15 @@ async def run_demo(state_dir: Path, *, as_json: bool = False) -> int:
         and result["runs"][0]["outcome"] == "succeeded"
         and len(result["rejected"]) == 1
         # The dump: held for officers with a reason, and not on its results branch.
-        and [[(f["path"], f["verdict"]) for f in r["files"]] for r in result["held"]]
-        == [[("patients.csv", "block")]]
+        and [sorted((f["path"], f["verdict"]) for f in r["files"]) for r in result["held"]]
+        == [[("age_groups.csv", "review"), ("patients.csv", "block")]]
         and all(f["reasons"] for r in result["held"] for f in r["files"])
         and "secd-run.log" in dump_published
         and "output/patients.csv" not in dump_published
+        # The legitimate counts: released by both officers, onto the branch; the dump never.
+        and [sorted(r["by"]) for r in result.get("released", [])] == [sorted(OFFICERS)]
+        and "output/age_groups.csv" in released_files
+        and "output/patients.csv" not in released_files
     )
     if as_json:
         print(json.dumps(result))

@@ -39,12 +39,19 @@ def test_the_demos_log_verifies_clean(tmp_path, capsys):
     state = tmp_path / "demo"
     assert asyncio.run(run_demo(state, as_json=True)) == 0
     printed = json.loads(capsys.readouterr().out)
-    # The dump the airlock held, named with its verdict and reasons (checks and figures).
+    # The dump the airlock held, named with its verdict and reasons (checks and figures), and
+    # the same run's exact counts, held for review and then released by the two officers.
     (held,) = printed["held"]
-    assert held["run_id"] and [(f["path"], f["verdict"]) for f in held["files"]] == [
-        ("patients.csv", "block")
-    ]
-    assert any(r.startswith("source-match: ") for r in held["files"][0]["reasons"])
+    files = {f["path"]: f for f in held["files"]}
+    assert held["run_id"] and {p: f["verdict"] for p, f in files.items()} == {
+        "patients.csv": "block",
+        "age_groups.csv": "review",
+    }
+    assert any(r.startswith("source-match: ") for r in files["patients.csv"]["reasons"])
+    assert any(r.startswith("sdc-rounding: ") for r in files["age_groups.csv"]["reasons"])
+    (released,) = printed["released"]
+    assert released["run_id"] == held["run_id"] and released["files"] == ["age_groups.csv"]
+    assert sorted(released["by"]) == ["officer-1", "officer-2"]
     # The demo stopped everything; the log stays in the state folder. NATS alone is enough.
     stack = Stack(state)
     stack.prepare()
