@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .base import Finding, Rules, Verdict, count_words
-from .tokens import WORD, fold, normalise_value, normalise_word
+from .tokens import normalise_value, normalise_word, word_lines
 
 NAME = "source-match"
 VERSION = 2  # 2: rare values reversed and in ROT13 are matched too
@@ -38,7 +37,6 @@ _UNINFORMATIVE = frozenset({"", "true", "false", "yes", "no", "none", "null", "n
 # A line with more value combinations than this is not a record (a wide, transposed line is
 # caught by its rare values instead).
 _MAX_COMBINATIONS = 4096
-_WORDS_AND_LINES = re.compile(WORD.pattern + r"|\n")
 _ROT13 = str.maketrans(
     "abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm"
 )  # tokens are lower-cased
@@ -284,17 +282,19 @@ class SourceIndex:
         return self._result(total), [bool(rows & matched) for rows in touched]
 
     def _scan_one(self, text: str, scan: _Scan) -> None:
-        # One pass of the regex gives the words and the line breaks (for tuples, per line).
-        raw = _WORDS_AND_LINES.findall(fold(text))
-        if not raw:
+        # Each line's words (a line is a record for tuples) and the distinct words, which are
+        # hashed once each.
+        lines, unique = word_lines(text)
+        if not unique:
             return
         heads, qi, digest, pre = self._heads, self._qi, self.digest, self._prefilter
-        unique = set(raw)
-        unique.discard("\n")
         head_words = set()
         qi_words: dict[str, str] = {}
         for w in unique:
-            n = normalise_word(w) if w[0].isdigit() else w
+            # normalise_word changes only a decimal ending in 0 or a digit group.
+            n = w
+            if (w[-1] == "0" or "-" in w or "+" in w) and w[0].isdigit():
+                n = normalise_word(w)
             if hash(n) not in pre:
                 continue
             d = digest(n)
@@ -305,26 +305,27 @@ class SourceIndex:
                 qi_words[w] = n
         qi_grams = False
         if head_words:
-            for i in [i for i, w in enumerate(raw) if w in head_words]:
-                gram = [raw[i]]
-                for w in raw[i + 1 : i + MAX_NGRAM]:
-                    if w == "\n":
-                        break
-                    gram.append(w)
-                    token = " ".join(normalise_word(x) for x in gram)
-                    if hash(token) not in pre:
-                        continue
-                    d = digest(token)
-                    scan.add(self, d)
-                    if d in qi:
-                        qi_words[" ".join(gram)] = token
-                        qi_grams = True
+            for ws in lines:
+                if head_words.isdisjoint(ws):
+                    continue
+                for i in [i for i, w in enumerate(ws) if w in head_words]:
+                    gram = [ws[i]]
+                    for w in ws[i + 1 : i + MAX_NGRAM]:
+                        gram.append(w)
+                        token = " ".join(normalise_word(x) for x in gram)
+                        if hash(token) not in pre:
+                            continue
+                        d = digest(token)
+                        scan.add(self, d)
+                        if d in qi:
+                            qi_words[" ".join(gram)] = token
+                            qi_grams = True
         if self._tuples and len(qi_words) + len(head_words) >= self.rules.tuple_min_values:
-            self._scan_records(raw, head_words, qi_words, scan, qi_grams)
+            self._scan_records(lines, head_words, qi_words, scan, qi_grams)
 
     def _scan_records(
         self,
-        raw: list[str],
+        lines: list[list[str]],
         head_words: set[str],
         qi_words: dict[str, str],
         scan: _Scan,
@@ -333,20 +334,29 @@ class SourceIndex:
         """Tuple matching, line by line; only lines with enough quasi-identifier values."""
         need = self.rules.tuple_min_values
         watched = set(qi_words) | head_words
-        for line in " ".join(raw).split("\n"):
-            ws = line.split()
-            if len(watched.intersection(ws)) < need - qi_grams:
+        # Many lines hold the same values (a table's categories): each set is matched once.
+        seen: dict[frozenset[str], set[tuple[int, int]]] = {}
+        for ws in lines:
+            present = watched.intersection(ws)
+            if len(present) < need - qi_grams:
                 continue
-            found = {qi_words[w] for w in ws if w in qi_words}
-            for i, w in enumerate(ws):
-                if w in head_words:
-                    for n in range(2, MAX_NGRAM + 1):
-                        gram = " ".join(ws[i : i + n])
-                        if gram in qi_words:
-                            found.add(qi_words[gram])
-            self._match_tuples(found, scan)
+            found = {qi_words[w] for w in present if w in qi_words}
+            if not head_words.isdisjoint(present):
+                for i, w in enumerate(ws):
+                    if w in head_words:
+                        for n in range(2, MAX_NGRAM + 1):
+                            gram = " ".join(ws[i : i + n])
+                            if gram in qi_words:
+                                found.add(qi_words[gram])
+            key = frozenset(found)
+            rows = seen.get(key)
+            if rows is None:
+                rows = seen[key] = self._match_tuples(key)
+            scan.tuple_rows |= rows
 
-    def _match_tuples(self, found: set[str], scan: _Scan) -> None:
+    def _match_tuples(self, found: frozenset[str]) -> set[tuple[int, int]]:
+        """(table, row) of the rows whose tuple is among the combinations of `found`."""
+        rows: set[tuple[int, int]] = set()
         per_table: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
         for token in found:
             for tid, c, item in self._qi.get(self.digest(token), ()):
@@ -362,10 +372,11 @@ class SourceIndex:
                     for items in itertools.product(*(columns[c] for c in chosen)):
                         budget -= 1
                         if budget < 0:
-                            return
+                            return rows
                         for holder in self._tuples.get(sum(items) & _MASK, ()):
                             if holder[0] == tid:
-                                scan.tuple_rows.add(holder)
+                                rows.add(holder)
+        return rows
 
     def _result(self, scan: _Scan) -> Match:
         matched: dict[int, set[int]] = defaultdict(set)  # table -> rows

@@ -14,8 +14,11 @@ import re
 import unicodedata
 
 WORD = re.compile(r"[^\W_]+(?:[.\-+@'][^\W_]+)*")
-_DECIMAL = re.compile(r"\d+\.\d+")
 _DIGIT_GROUP = re.compile(r"\d+(?:[-+]\d+)+")
+_JOINERS = ".-+@'"
+_JOINERS_AS_DOT = str.maketrans(_JOINERS, "." * len(_JOINERS))
+# ASCII characters that are neither a letter, a digit nor a joiner of WORD, as blanks.
+_ASCII_BLANKS = {c: " " for c in range(128) if not chr(c).isalnum() and chr(c) not in ".-+@'\n"}
 
 
 def fold(text: str) -> str:
@@ -27,12 +30,15 @@ def fold(text: str) -> str:
 
 def normalise_word(word: str) -> str:
     """One word (already lower-cased) as the index stores it."""
-    if word[0].isdigit():
-        if _DECIMAL.fullmatch(word):
-            whole, fraction = word.split(".")
-            fraction = fraction.rstrip("0")
-            return f"{whole}.{fraction}" if fraction else whole
-        if _DIGIT_GROUP.fullmatch(word):
+    # str.isdecimal is exactly the regex's \d (Unicode category Nd): plain string tests decide
+    # the common cases (a whole number, a decimal) without a regex.
+    if word[0].isdigit() and not word.isdecimal():
+        whole, dot, fraction = word.partition(".")
+        if dot:
+            if whole.isdecimal() and fraction.isdecimal():
+                fraction = fraction.rstrip("0")
+                return f"{whole}.{fraction}" if fraction else whole
+        elif _DIGIT_GROUP.fullmatch(word):
             return word.replace("-", "").replace("+", "")
     return word
 
@@ -40,6 +46,43 @@ def normalise_word(word: str) -> str:
 def words(text: str) -> list[str]:
     """The text's words, lower-cased but not yet normalised (see `normalise_word`)."""
     return WORD.findall(fold(text))
+
+
+def word_lines(text: str) -> tuple[list[list[str]], set[str]]:
+    """The words of each line of the text (as `words` reads them) and the distinct words.
+
+    ASCII text, nearly all of it, is cut without the regex: every character that is not a
+    letter, a digit or a joiner becomes a blank and the lines are split at blanks, which gives
+    `WORD`'s words wherever each joiner has a letter or digit on both sides. A piece where one
+    does not ("results.", "a--b") is read again with `WORD`, and so is the line that holds it.
+    """
+    low = fold(text)
+    lines = low.split("\n")
+    if not low.isascii():
+        found = [WORD.findall(line) for line in lines]
+        return found, set().union(*found)
+    blanked = low.translate(_ASCII_BLANKS)
+    # A full stop before a blank or a line break joins nothing (the end of a sentence): the
+    # common case is blanked here, any other lone joiner is found below.
+    blanked = blanked.replace(". ", "  ").replace(".\n", " \n")
+    # Two joiners side by side (one joins nothing) are rare: only then does a piece whose ends
+    # are letters or digits need the regex.
+    paired = ".." in blanked.translate(_JOINERS_AS_DOT)
+    found = [line.split() for line in blanked.split("\n")]
+    distinct: set[str] = set().union(*found)
+    odd = {
+        p
+        for p in distinct
+        if not p.isalnum()
+        and not (p[0].isalnum() and p[-1].isalnum() and not (paired and not WORD.fullmatch(p)))
+    }
+    if odd:
+        for i, ws in enumerate(found):
+            if not odd.isdisjoint(ws):
+                found[i] = WORD.findall(lines[i])
+        distinct -= odd
+        distinct.update(*(WORD.findall(p) for p in odd))
+    return found, distinct
 
 
 def normalise_value(value: object) -> str:
