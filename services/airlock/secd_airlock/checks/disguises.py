@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable, Sequence
 from urllib.parse import unquote_plus
 
+from .identifiers import digit_run_lines
+
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _ESCAPE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|x[0-9A-Fa-f]{2})")
 _ESCAPE_RUN = re.compile(r"(?:\\x[0-9A-Fa-f]{2})+|\\u([0-9A-Fa-f]{4})|\\U([0-9A-Fa-f]{8})")
@@ -83,6 +85,9 @@ def readings(text: str) -> list[str]:
         spaced = _lines_where(reading, _SPACED_FIND, 1, _join_spaced)
         # "7 1 0 2 1 1 - 1 0 1 5" joins to a split personnummer: both are read.
         for each in (reading, spaced) if spaced else (reading,):
+            # A split personnummer's date is six digits in a row: most text has none.
+            if not digit_run_lines(each):
+                continue
             split = _lines_where(each, _SPLIT_FIND, 1, _join_split)
             if split:
                 joined.append(split)

@@ -24,6 +24,9 @@ _PHONE = re.compile(
     r"(?!\d|[.,]\d)"
 )
 
+# ASCII digits as "0" and every other ASCII character as a blank (digit_run_lines).
+_DIGITS_AS_ZERO = {c: "0" if chr(c).isdigit() else " " for c in range(128)}
+
 
 def luhn_ok(digits: str) -> bool:
     """The Luhn checksum personnummer carry in their last digit."""
@@ -46,13 +49,38 @@ def is_personnummer(date: str, serial: str) -> bool:
     return luhn_ok(short + serial)
 
 
+def digit_run_lines(text: str, digits: int = 6) -> list[tuple[int, int]]:
+    """The (start, end) spans of the text's lines that hold a run of `digits` digits, adjacent
+    lines merged: a pattern whose matches hold such a run and never span a line need only search
+    these. One span, the whole text, when it is not ASCII (\\d also means other scripts'
+    digits); none when no line has such a run."""
+    if not text.isascii():
+        return [(0, len(text))]
+    mask = text.translate(_DIGITS_AS_ZERO)
+    run = "0" * digits
+    spans: list[tuple[int, int]] = []
+    at = mask.find(run)
+    while at >= 0:
+        start = text.rfind("\n", 0, at) + 1
+        end = text.find("\n", at)
+        end = len(text) if end < 0 else end
+        if spans and start <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+        at = mask.find(run, end)
+    return spans
+
+
 def find_personnummer(text: str) -> set[str]:
     """Distinct personnummer in the text, as 10 digits (for counting only)."""
     found = set()
-    for m in _PERSONNUMMER.finditer(text):
-        date, serial = m.group(1), m.group(2)
-        if is_personnummer(date, serial):
-            found.add(date[-6:] + serial)
+    # A personnummer holds six digits in a row and no line break: other lines are skipped.
+    for start, end in digit_run_lines(text):
+        for m in _PERSONNUMMER.finditer(text, start, end):
+            date, serial = m.group(1), m.group(2)
+            if is_personnummer(date, serial):
+                found.add(date[-6:] + serial)
     return found
 
 
