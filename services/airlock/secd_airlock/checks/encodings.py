@@ -42,6 +42,9 @@ _RUN_A85 = re.compile(r"[!-uz]{40,}")
 _GLUED_MIN_CHARS = 64
 _GLUED_MAX_PREFIX = 80
 _GLUED_HEAD = 160  # a multiple of 4 and of 5
+# ASCII as str.split sees it: blanks as line breaks, anything else as "x" (_long_words).
+_ASCII_BLANKS_AS_NEWLINE = {c: "\n" if chr(c).isspace() else "x" for c in range(128)}
+_LONG_WORD = "x" * 24
 _MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"PK\x03\x04", b"\x78\x9c", b"\x78\xda", b"\x78\x01")
 
 
@@ -201,6 +204,23 @@ def open_payload(
     return [Decoded(layers, chars, len(data), text, depth)]
 
 
+def _long_words(text: str) -> list[str]:
+    """The text's words (between blanks) of 24 characters or more. In ASCII text they are
+    found by str.find in a copy with its blanks as line breaks and the rest as "x", without
+    cutting the text into every one of its words."""
+    if not text.isascii():
+        return [w for w in text.split() if len(w) >= 24]
+    mask = text.translate(_ASCII_BLANKS_AS_NEWLINE)
+    found = []
+    at = mask.find(_LONG_WORD)
+    while at >= 0:
+        end = mask.find("\n", at)
+        end = len(mask) if end < 0 else end
+        found.append(text[mask.rfind("\n", 0, at) + 1 : end])
+        at = mask.find(_LONG_WORD, end)
+    return found
+
+
 def find_encoded(text: str, rules: Rules, depth: int = 1) -> tuple[list[Decoded], list[Opaque]]:
     """Runs in `text` that decode to readable text (again, inside those, up to decode_depth), and
     long high-entropy runs that decode to nothing readable."""
@@ -210,10 +230,15 @@ def find_encoded(text: str, rules: Rules, depth: int = 1) -> tuple[list[Decoded]
         return decoded, opaque
     # Every run lies within a word of the text (no alphabet has a blank): the runs are looked
     # for in the long words only, which is much faster than over the whole text.
-    words = [w for w in text.split() if len(w) >= 24]
+    words = _long_words(text)
     runs = dict.fromkeys(m.group() for w in words for m in _RUN.finditer(w))
     # Joined wrapped lines may take in a following word: they are decoded, never held as opaque.
-    wrapped = {re.sub(r"\s+", "", m.group()) for m in _WRAPPED.finditer(text)} - set(runs)
+    # Their first line is a word of 40 characters or more.
+    wrapped = (
+        {re.sub(r"\s+", "", m.group()) for m in _WRAPPED.finditer(text)} - set(runs)
+        if any(len(w) >= 40 for w in words)
+        else set()
+    )
     # base85 and Ascii85 runs are only decoded (their alphabets are too wide to call a run
     # opaque).
     long_words = [w for w in words if len(w) >= 40]
