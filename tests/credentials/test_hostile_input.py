@@ -549,6 +549,8 @@ async def test_postgres_hostile_groups_run_only_the_intended_statements(
         r"SELECT 1 FROM pg_catalog\.pg_roles WHERE oid = \$1",
         rf"DROP OWNED BY {role}",
         rf"DROP ROLE IF EXISTS {role}",
+        # The account's per-run schemas (replay views, hidden keys, canary rows), if any.
+        rf'DROP SCHEMA IF EXISTS "{re.escape(account)}(_hidden|_canaries)?" CASCADE',
         # asyncpg's pool resets a connection it takes back.
         r"SELECT pg_advisory_unlock_all\(\); CLOSE ALL; UNLISTEN \*; RESET ALL;",
     ]
