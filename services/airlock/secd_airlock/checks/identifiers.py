@@ -23,7 +23,12 @@ _PHONE = re.compile(
     r"|(?<=\+)\d{1,3}(?:[ -]?\d){8,12})"
     r"(?!\d|[.,]\d)"
 )
-
+_PHONE_SHAPES = {
+    c: "z" if ch == "0" else "d" if ch.isdigit() else "p" if ch == "+" else "s" if ch in " -"
+    else "\n" if ch == "\n" else "x"
+    for c, ch in ((c, chr(c)) for c in range(128))
+}  # fmt: skip
+_PHONE_HINT = re.compile(r"[zp][zd]{7}")
 # ASCII digits as "0" and every other ASCII character as a blank (digit_run_lines).
 _DIGITS_AS_ZERO = {c: "0" if chr(c).isdigit() else " " for c in range(128)}
 
@@ -91,7 +96,23 @@ def find_emails(text: str) -> set[str]:
 
 def find_phones(text: str) -> set[str]:
     """Distinct phone numbers, digits only."""
-    return {re.sub(r"\D", "", m) for m in _PHONE.findall(text)}
+    if not text.isascii():
+        return {re.sub(r"\D", "", m) for m in _PHONE.findall(text)}
+    # A number is eight digits or more from a 0 or a +, one blank or dash at most between two,
+    # on one line. In a copy where 0 is z, other digits d, + p, lone blanks and dashes gone and
+    # anything else x, its line shows [zp][zd]{7}: only those lines are searched.
+    hints = text.translate(_PHONE_SHAPES).replace("ss", "xx").replace("s", "")
+    candidates: list[int] = []
+    line = at = 0
+    for m in _PHONE_HINT.finditer(hints):
+        line += hints.count("\n", at, m.start())
+        at = m.start()
+        if not candidates or candidates[-1] != line:
+            candidates.append(line)
+    if not candidates:
+        return set()
+    lines = text.split("\n")
+    return {re.sub(r"\D", "", m) for i in candidates for m in _PHONE.findall(lines[i])}
 
 
 def check_identifier_values(text: str, rules: Rules, where: str = "") -> list[Finding]:
