@@ -336,10 +336,10 @@ class SourceIndex:
         watched = set(qi_words) | head_words
         # Many lines hold the same values (a table's categories): each set is matched once.
         seen: dict[frozenset[str], set[tuple[int, int]]] = {}
-        for ws in lines:
-            present = watched.intersection(ws)
-            if len(present) < need - qi_grams:
-                continue
+        # The lines with enough of the watched words, picked without a Python loop over all.
+        presents = list(map(watched.intersection, lines))
+        enough = map((need - qi_grams).__le__, map(len, presents))
+        for ws, present in itertools.compress(zip(lines, presents, strict=True), enough):
             found = {qi_words[w] for w in present if w in qi_words}
             if not head_words.isdisjoint(present):
                 for i, w in enumerate(ws):
