@@ -362,7 +362,11 @@ class SourceIndex:
             for tid, c, item in self._qi.get(self.digest(token), ()):
                 per_table[tid][c].add(item)
         need = self.rules.tuple_min_values
-        for tid, columns in per_table.items():
+        # Tables, columns and values in sorted order: the budget below stops the search at the
+        # same combination in every process (set order depends on the hash seed, and the rows
+        # counted, so the evidence, once did too).
+        for tid in sorted(per_table):
+            columns = {c: sorted(values) for c, values in per_table[tid].items()}
             if len(columns) < need:
                 continue
             cols = sorted(columns)
