@@ -166,7 +166,7 @@ def structural(model: Any, X: np.ndarray | None, threshold: int) -> dict[str, An
             k_min, small, leaves = None, 0, 0
             for t in trees:
                 _, counts = np.unique(t.apply(np.asarray(Xt, dtype=np.float32)), return_counts=True)
-                k = int(counts.min())
+                k = int(np.min(counts))
                 k_min = k if k_min is None else min(k_min, k)
                 small += int(np.sum(counts < threshold))
                 leaves += len(counts)
