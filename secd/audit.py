@@ -152,6 +152,8 @@ def summarize(event) -> str:
             return f"account {p.account} revoked"
         case "results.published":
             return f"{p.outcome}: branch {p.branch}"
+        case "results.extended":
+            return f"{len(p.files)} file(s) released by {', '.join(p.by)} added to {p.branch}"
     return getattr(p, "reason", "")
 
 

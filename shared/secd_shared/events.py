@@ -50,6 +50,7 @@ __all__ = [
     "PushVerified",
     "Refusal",
     "ReleasedFile",
+    "ResultsExtended",
     "ResultsPublished",
     "ReviewFetched",
     "ReviewRecorded",
@@ -262,6 +263,17 @@ class ResultsPublished(Payload, frozen=True, tag="results.published"):
     files: list[str]
 
 
+class ResultsExtended(Payload, frozen=True, tag="results.extended"):
+    """publisher: files security officers released after the first publication, added to the
+    run's branch as a further commit. Repeatable: one per later release."""
+
+    repository: str
+    branch: str
+    commit: str
+    files: list[str]
+    by: list[str]  # the officers whose approvals released them
+
+
 class CheckResult(Struct, frozen=True, kw_only=True):
     """One automatic check of one output: its name, version, verdict and evidence in words.
 
@@ -396,6 +408,7 @@ AnyPayload = (
     | CredentialsRevoked
     | CredentialsRevokeFailed
     | ResultsPublished
+    | ResultsExtended
     | OutputsChecked
     | OutputsHeld
     | OutputsReleased
@@ -428,6 +441,7 @@ EVENT_TYPES: tuple[str, ...] = tuple(
         CredentialsRevoked,
         CredentialsRevokeFailed,
         ResultsPublished,
+        ResultsExtended,
         OutputsChecked,
         OutputsHeld,
         OutputsReleased,
@@ -446,6 +460,7 @@ REPEATABLE_TYPES: tuple[str, ...] = (
     "review.requested",
     "outputs.attacked",
     "review.fetched",
+    "results.extended",
 )
 # After one of these nothing more runs for the run; credentials revoke, the publisher publishes.
 TERMINAL_TYPES: tuple[str, ...] = ("run.finished", "run.failed", "run.rejected")

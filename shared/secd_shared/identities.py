@@ -116,7 +116,7 @@ IDENTITIES: dict[str, Identity] = {
         writes_artifacts=True,
     ),
     "publisher": Identity(
-        publishes=("results.published",),
+        publishes=("results.published", "results.extended"),
         consumers=("publisher", "publisher-status"),
         reads_log=True,
         reads_artifacts=True,

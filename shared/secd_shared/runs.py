@@ -15,6 +15,7 @@ from secd_shared.events import (
     Event,
     PushReceived,
     PushVerified,
+    ResultsExtended,
     ResultsPublished,
     RunFailed,
     RunFinished,
@@ -165,6 +166,9 @@ def _apply(view: RunView, payload: object) -> None:
             view.exit_code, view.log_tail = payload.exit_code, payload.log_tail
         case ResultsPublished():
             view.branch, view.files = payload.branch, list(payload.files)
+        case ResultsExtended():
+            # Files officers released later: on the same branch, in a further commit.
+            view.files = sorted({*view.files, *payload.files})
         case CredentialsRevoked():
             view.revoked = True
 

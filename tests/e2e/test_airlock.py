@@ -344,6 +344,24 @@ async def test_a_dump_is_held_and_only_two_officers_release_it(stack, repo):
             break
         await asyncio.sleep(0.1)
     assert shown.stdout.startswith("id,name,personnummer,postcode\n")
+    # The further commit is in the audit log too: which files, by whom, which commit.
+    bus = await open_log(stack.state_dir)
+    try:
+        for _ in range(100):
+            extended = [
+                e.payload
+                for e in (s.event for s in await bus.read_run(run_id))
+                if e.type == "results.extended"
+            ]
+            if extended:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await bus.close()
+    assert [(x.branch, x.files, x.by) for x in extended] == [
+        (branch, ["output/summary.csv"], ["officer-1", "officer-2"])
+    ]
+    assert _git(stack, run, "rev-parse", branch).stdout.strip() == extended[0].commit
 
 
 async def test_legitimate_outputs_pass_at_once_and_an_undeclared_file_stays(stack, repo):

@@ -37,7 +37,7 @@ def test_round_trip_and_subject():
     assert decode_event(encode_event(event)) == event
     assert subject_for(event.run_id, event.type) == f"secd.run.{event.run_id}.push_received"
     assert "." not in event.run_id and len(event.run_id) == 20
-    assert len(EVENT_TYPES) == 19
+    assert len(EVENT_TYPES) == 20
 
 
 def test_unknown_fields_from_newer_versions_are_tolerated():

@@ -31,6 +31,7 @@ from secd_shared.events import (
     OutputsHeld,
     OutputsReleased,
     PushReceived,
+    ResultsExtended,
     ResultsPublished,
     RunFailed,
 )
@@ -65,7 +66,7 @@ class Publisher:
         self.author = (config.publisher.author_name, config.publisher.author_email)
         self.work_dir = config.path(config.publisher.work_dir)
 
-    async def on_ended(self, stored: StoredEvent) -> list[ResultsPublished]:
+    async def on_ended(self, stored: StoredEvent) -> list[ResultsPublished | ResultsExtended]:
         """Publish the outcome of one run, or add files officers released to its branch."""
         event = stored.event
         payload = event.payload
@@ -93,8 +94,17 @@ class Publisher:
         try:
             released, log_path = await self._fetch(payload, work)
             if later and isinstance(payload, OutputsReleased):
-                await asyncio.to_thread(self._extend, push, view, released, payload.by)
-                return []
+                commit = await asyncio.to_thread(self._extend, push, view, released, payload.by)
+                # The further commit is in the audit log too: which files, by whom, where.
+                return [
+                    ResultsExtended(
+                        repository=push.repository,
+                        branch=f"{self.prefix}{view.run_id}",
+                        commit=commit,
+                        files=sorted(released),
+                        by=list(payload.by),
+                    )
+                ]
             return [await asyncio.to_thread(self._publish, push, view, events, released, log_path)]
         except ArtifactError as exc:
             # Aged out of the store, or damaged: a retry would find the same.
