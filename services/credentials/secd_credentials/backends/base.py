@@ -12,7 +12,7 @@ from secd_shared.canaries import CanaryRow
 from secd_shared.dbkind import DbKind
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import ACCOUNT_PATTERN
+from ..accounts import ACCOUNT_PATTERN, is_replay_account
 from ..groups import table_problem
 
 __all__ = [
@@ -153,6 +153,15 @@ def check_issue_args(
         raise ValueError(
             f"statement_timeout_s must be None or a positive int, not {statement_timeout_s!r}"
         )
+
+
+def check_replay_args(account: str, hide_rows: int, *, least: int = 1) -> None:
+    """Reject a replay issue's own arguments: a replay account's name (secd_<run_id>_n) when rows
+    are hidden, and `hide_rows` an int in least..10000; ValueError naming the first."""
+    if hide_rows and not is_replay_account(account):
+        raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
+    if type(hide_rows) is not int or not least <= hide_rows <= 10_000:
+        raise ValueError(f"hide_rows must be an int in {least}..10000, not {hide_rows!r}")
 
 
 def split_tables(

@@ -37,7 +37,15 @@ from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
 from ..accounts import ACCOUNT_PATTERN, is_replay_account, mysql_native_hash
-from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
+from .base import (
+    BackendError,
+    IssueResult,
+    check_account,
+    check_issue_args,
+    check_replay_args,
+    redact,
+    split_tables,
+)
 
 __all__ = ["ACCOUNT_HOST", "MariaDBBackend", "MariaDBSettings", "hidden_database", "quote_ident"]
 
@@ -216,10 +224,7 @@ class MariaDBBackend:
         """Create or reset a replay `account`: as `issue`, but it reads each table through a view,
         in the database of its own name, that leaves out `hide_rows` random rows (see the
         module docstring); the replay job must connect to that database."""
-        if not is_replay_account(account):
-            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
-        if type(hide_rows) is not int or not 1 <= hide_rows <= 10_000:
-            raise ValueError(f"hide_rows must be an int in 1..10000, not {hide_rows!r}")
+        check_replay_args(account, hide_rows)
         return await self._issue(
             account,
             password,

@@ -22,8 +22,8 @@ from typing import Any
 from secd_shared.dbkind import DbKind, db_kind
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import ACCOUNT_PATTERN, ACCOUNT_PREFIX, is_replay_account
-from .base import IssueResult, check_account, check_issue_args, split_tables
+from ..accounts import ACCOUNT_PATTERN, ACCOUNT_PREFIX
+from .base import IssueResult, check_account, check_issue_args, check_replay_args, split_tables
 
 __all__ = ["MemoryBackend", "MemorySession"]
 
@@ -148,10 +148,7 @@ class MemoryBackend:
         statement_timeout_s: int | None = None,
     ) -> IssueResult:
         """As `issue`; each table then reads without `hide_rows` rows chosen at random."""
-        if not is_replay_account(account):
-            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
-        if type(hide_rows) is not int or not 1 <= hide_rows <= 10_000:
-            raise ValueError(f"hide_rows must be an int in 1..10000, not {hide_rows!r}")
+        check_replay_args(account, hide_rows)
         result = await self.issue(
             account,
             password,

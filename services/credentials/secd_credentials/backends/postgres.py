@@ -44,8 +44,16 @@ from secd_shared.canaries import CanaryRow, Column, ColumnKind, canary_values
 from secd_shared.dbkind import DbKind, facts
 from secd_shared.events import DatabaseAddress, Refusal
 
-from ..accounts import ACCOUNT_PATTERN, is_replay_account, scram_sha256_verifier
-from .base import BackendError, IssueResult, check_account, check_issue_args, redact, split_tables
+from ..accounts import ACCOUNT_PATTERN, scram_sha256_verifier
+from .base import (
+    BackendError,
+    IssueResult,
+    check_account,
+    check_issue_args,
+    check_replay_args,
+    redact,
+    split_tables,
+)
 
 __all__ = [
     "PostgresBackend",
@@ -338,10 +346,7 @@ class PostgresBackend:
     ) -> IssueResult:
         """As `issue` (or, with `hide_rows`, `issue_replay`), but each granted table with a
         column a canary can fill reads with the `canaries` added; `planted` names those tables."""
-        if hide_rows and not is_replay_account(account):
-            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
-        if type(hide_rows) is not int or not 0 <= hide_rows <= 10_000:
-            raise ValueError(f"hide_rows must be an int in 0..10000, not {hide_rows!r}")
+        check_replay_args(account, hide_rows, least=0)
         if any(not isinstance(row, CanaryRow) for row in canaries):
             raise TypeError("canaries must be CanaryRow values (secd_shared.canaries)")
         return await self._issue(
@@ -368,10 +373,7 @@ class PostgresBackend:
     ) -> IssueResult:
         """Create or reset a replay `account`: as `issue`, but each table it reads is a view
         that leaves out `hide_rows` rows chosen at random (see the module docstring)."""
-        if not is_replay_account(account):
-            raise ValueError(f"{account!r} is not a replay account name (secd_<run_id>_n)")
-        if type(hide_rows) is not int or not 1 <= hide_rows <= 10_000:
-            raise ValueError(f"hide_rows must be an int in 1..10000, not {hide_rows!r}")
+        check_replay_args(account, hide_rows)
         return await self._issue(
             account,
             password,
