@@ -22,6 +22,7 @@ from typing import Literal
 
 from .columns import column_words, joined_words
 from .config import Config, ConfigError
+from .luhn import luhn_digit
 
 __all__ = [
     "MAX_CANARY_ROWS",
@@ -93,14 +94,6 @@ class _Stream:
         return items[self.below(len(items))]
 
 
-def _luhn_digit(nine: str) -> str:
-    total = 0
-    for i, ch in enumerate(nine):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return str((10 - total % 10) % 10)
-
-
 @dataclass(frozen=True)
 class CanaryRow:
     """One synthetic patient, with the fields a patients table usually has."""
@@ -144,7 +137,7 @@ def canary_rows(key: bytes, run_id: str, count: int) -> tuple[CanaryRow, ...]:
             CanaryRow(
                 patient_id=700_000_000 + stream.below(100_000_000),
                 name=f"{stream.pick(_FIRST)} {surname}",
-                personnummer=f"{year}{month:02d}{day:02d}-{serial}{_luhn_digit(short)}",
+                personnummer=f"{year}{month:02d}{day:02d}-{serial}{luhn_digit(short)}",
                 birth_date=f"{year}-{month:02d}-{day:02d}",
                 sex=stream.pick(("F", "M")),
                 diagnosis=stream.pick(_DIAGNOSES),

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
 from secd_airlock.checks import OutputFile, Table
+from secd_shared.luhn import luhn_digit
 
 KEY = b"airlock-corpus-key-0123456789abcdef"
 COLUMNS = [
@@ -67,14 +68,6 @@ DIAGNOSES = [
 ]
 
 
-def _luhn_digit(nine: str) -> str:
-    total = 0
-    for i, ch in enumerate(nine):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return str((10 - total % 10) % 10)
-
-
 def patients(n: int = 200, seed: int = 11) -> list[tuple]:
     """The synthetic patients table: fake names, personnummer with valid checksums, ages,
     diagnoses, postcodes, HbA1c and admission dates."""
@@ -91,7 +84,7 @@ def patients(n: int = 200, seed: int = 11) -> list[tuple]:
         month, day = rng.randint(1, 12), rng.randint(1, 28)
         serial = f"{rng.randint(0, 999):03d}"
         short = f"{year % 100:02d}{month:02d}{day:02d}{serial}"
-        pnr = f"{year}{month:02d}{day:02d}-{serial}{_luhn_digit(short)}"
+        pnr = f"{year}{month:02d}{day:02d}-{serial}{luhn_digit(short)}"
         age = 2024 - year
         rows.append(
             (

@@ -9,11 +9,11 @@ import pytest
 
 from secd_airlock.checks import OutputFile, Rules, SourceIndex, check_line, check_outputs, marker
 from secd_airlock.checks.canaries import Canaries
-from secd_airlock.checks.identifiers import luhn_ok
 from secd_airlock.livelog import filter_chunk
 from secd_airlock.service import load_rules
 from secd_shared.canaries import canary_key
 from secd_shared.config import ConfigError
+from secd_shared.luhn import luhn_ok
 from tests.airlock.make_corpus import ROWS
 
 KEY = canary_key(b"site-airlock-key-0123456789abcdef")

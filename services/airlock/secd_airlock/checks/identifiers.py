@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from secd_shared.luhn import luhn_ok
+
 from .base import Finding, Rules, Verdict, count_words
 
 NAME = "identifier-values"
@@ -31,15 +33,6 @@ _PHONE_SHAPES = {
 _PHONE_HINT = re.compile(r"[zp][zd]{7}")
 # ASCII digits as "0" and every other ASCII character as a blank (digit_run_lines).
 _DIGITS_AS_ZERO = {c: "0" if chr(c).isdigit() else " " for c in range(128)}
-
-
-def luhn_ok(digits: str) -> bool:
-    """The Luhn checksum personnummer carry in their last digit."""
-    total = 0
-    for i, ch in enumerate(digits):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
 
 
 def is_personnummer(date: str, serial: str) -> bool:
